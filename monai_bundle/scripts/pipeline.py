@@ -1,0 +1,125 @@
+"""The main job: stage 0 (foundation), stage 1 (AdaLoRA), stage 2 (INT8 QAT), evaluation and a report.
+
+Each stage is one run of the bundle's configs (``bundle_runner.run_bundle``) with overrides; this
+module only chains them and collects what they wrote into ``report.md`` / ``report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_write_text
+from .bundle_runner import run_bundle
+from .model_factory import count_trainable
+
+LOG = logging.getLogger("adaqat.pipeline")
+PROMPT_MODES = ("two_pass", "whole", "box")
+
+
+@dataclass
+class PipelineSettings:
+    """What a user chooses for the main job (everything else comes from the bundle configs)."""
+
+    data: str
+    out: str
+    checkpoint: str | None = None  # a user's SAM (official .pth): skips stage 0
+    arch: str = "small"
+    image_size: int | None = None
+    preset: str | None = None  # "paper" merges configs/paper.json (+ paper_qat.json)
+    epochs: tuple[int, int, int] = (40, 20, 8)
+    batch_size: int | None = None
+    limit: int | None = None
+    split_by: str = "auto"
+    seed: int = 42
+    prompt_modes: tuple[str, ...] = PROMPT_MODES
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _common(settings: PipelineSettings) -> dict[str, Any]:
+    overrides: dict[str, Any] = {
+        "dataset_dir": str(Path(settings.data).resolve()),
+        "arch": settings.arch,
+        "seed": settings.seed,
+        "split#by": settings.split_by,
+        "split#seed": settings.seed,
+        "limit": settings.limit,
+    }
+    if settings.image_size:
+        overrides["image_size"] = settings.image_size
+    if settings.batch_size:
+        overrides["batch_size"] = settings.batch_size
+    overrides.update(settings.extra)
+    return overrides
+
+
+def _trainable(workflow: Any) -> int:
+    return count_trainable(workflow.parser.get_parsed_content("network"))
+
+
+def run_stages(settings: PipelineSettings) -> dict[str, Any]:
+    """Train stage 0 (unless a checkpoint is given), 1 and 2; return paths, timings and trainable counts."""
+    out = Path(settings.out).resolve()
+    models = out / "models"
+    common = _common(settings)
+    preset = [settings.preset] if settings.preset else []
+    info: dict[str, Any] = {"stages": {}}
+
+    foundation = settings.checkpoint
+    if foundation is None:
+        start = time.time()
+        wf = run_bundle(["train", "stage0"], {**common, "run_dir": str(out / "stage0"),
+                                              "export_path": str(models / "foundation.pt"), "num_epochs": settings.epochs[0]})
+        foundation = str(models / "foundation.pt")
+        info["stages"]["stage0"] = {"seconds": time.time() - start, "trainable": _trainable(wf), "model": foundation}
+    start = time.time()
+    wf = run_bundle(["train", *preset], {**common, "sam_checkpoint": foundation, "run_dir": str(out / "stage1"),
+                                          "export_path": str(models / "model.pt"), "num_epochs": settings.epochs[1]})
+    info["stages"]["stage1"] = {"seconds": time.time() - start, "trainable": _trainable(wf), "model": str(models / "model.pt")}
+    start = time.time()
+    qat_preset = ["paper_qat"] if settings.preset == "paper" else []
+    wf = run_bundle(["train", *preset, "train_qat", *qat_preset],
+                    {**common, "stage1_checkpoint": str(out / "stage1" / "model.pt"),
+                     "run_dir": str(out / "stage2"), "export_path": str(models / "model_int8.pt"),
+                     "num_epochs": settings.epochs[2]})
+    info["stages"]["stage2"] = {"seconds": time.time() - start, "trainable": _trainable(wf),
+                                "model": str(models / "model_int8.pt")}
+    info["foundation"] = foundation
+    return info
+
+
+def evaluate_models(settings: PipelineSettings, models: dict[str, str], eval_dir: Path) -> dict[str, dict[str, Any]]:
+    """Evaluate each model under each prompt mode on the test split; return the summaries by run name."""
+    summaries = {}
+    for model_name, model_path in models.items():
+        for mode in settings.prompt_modes:
+            prefix = f"{model_name}_{mode}"
+            run_bundle(["train", "evaluate"], {**_common(settings), "model_path": model_path, "prompt_mode": mode,
+                                               "output_dir": str(eval_dir), "metrics_prefix": prefix},
+                       workflow_type="infer")
+            summaries[prefix] = json.loads((eval_dir / f"{prefix}_summary.json").read_text())
+    return summaries
+
+
+def run_pipeline(settings: PipelineSettings) -> Path:
+    """Run everything and write ``<out>/report.md``; return its path."""
+    from .report import write_report
+
+    out = Path(settings.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    info = run_stages(settings)
+    models = {"fp32": info["stages"]["stage1"]["model"], "int8": info["stages"]["stage2"]["model"]}
+    eval_dir = out / "eval"
+    evaluate_models(settings, models, eval_dir)
+    info["total_seconds"] = time.time() - start
+    info["settings"] = {k: v for k, v in vars(settings).items()}
+    atomic_write_text(out / "run_info.json", json.dumps(info, indent=2, default=str))
+    return write_report(out, info, models, eval_dir, settings)
+
+
+__all__ = ["PROMPT_MODES", "PipelineSettings", "evaluate_models", "run_pipeline", "run_stages"]
