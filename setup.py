@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "pynrrd==1.1.3",
     "pillow==13.0.0",
     "scipy==1.17.1",
+    "scikit-image==0.26.0",
     "numpy==2.4.6",
     "tensorboard==2.21.0",
     "tqdm==4.70.1",

@@ -114,7 +114,7 @@ def test_colour_pngs_read_as_luminance(tmp_path, mode):
     elif mode == "LA":
         pil = Image.fromarray(np.dstack([grey, np.full_like(grey, 7)]), "LA")
     else:
-        pil = Image.fromarray(rgb, "RGB").convert(mode)
+        pil = Image.fromarray(rgb, "RGB").convert(mode, palette=Image.Palette.ADAPTIVE)
     ref = tmp_path / f"cxr_{mode}.png"
     pil.save(ref)
     img, _ = read_cxr(ref)

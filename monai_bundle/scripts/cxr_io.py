@@ -136,7 +136,20 @@ def _squeeze_to_2d(arr: np.ndarray, path: Path, n_channels: int, slices: int) ->
     return arr.reshape(tuple(keep) + arr.shape[len(spatial) :]), True
 
 
+def _check_nifti_complete(path: Path) -> None:
+    """ITK's NIfTI reader only prints an error for a truncated file and returns partial data;
+    nibabel raises, so the voxel data are read once more through nibabel to catch that."""
+    import nibabel as nib
+
+    try:
+        np.asanyarray(nib.load(str(path)).dataobj)
+    except Exception as exc:  # nibabel raises OSError, EOFError, zlib.error, HeaderDataError, ...
+        raise CXRInputError(f"{path}: damaged or truncated NIfTI file ({str(exc).splitlines()[0]})") from exc
+
+
 def _read_sitk(path: Path, fmt: str) -> tuple[np.ndarray, dict[str, Any]]:
+    if fmt == "nifti":
+        _check_nifti_complete(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -209,8 +222,8 @@ def _first_line(exc: BaseException) -> str:
 def _read_raw(path: str | os.PathLike, rescale: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
     """Pixel array (H, W) or (H, W, C) as stored, plus header; shared by images and masks."""
     p = Path(path)
-    fmt = detect_format(p)
     _check_file(p)
+    fmt = detect_format(p)
     if fmt == "dicom":
         arr, extra = _read_dicom(p, rescale)
     elif fmt == "jpeg":
@@ -419,7 +432,8 @@ def _write_dicom(mask: np.ndarray, ref: Path, out: Path) -> None:
         if kw in ds:
             delattr(ds, kw)
     tsyntax = ds.file_meta.get("TransferSyntaxUID")
-    if tsyntax is None or tsyntax.is_big_endian:  # set_pixel_data cannot write big endian
+    if tsyntax is None or not tsyntax.is_transfer_syntax or not tsyntax.is_little_endian:
+        # set_pixel_data cannot write big endian; an unknown syntax cannot be trusted either
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.set_pixel_data(mask.astype(dtype), photometric_interpretation="MONOCHROME2", bits_stored=8 if dtype == np.uint8 else 16)
     ds.WindowCenter, ds.WindowWidth = 0.5, 1  # so a viewer shows 0/1 as black/white

@@ -41,6 +41,8 @@ def datalist_from_folder(images_dir: str | os.PathLike, masks_dir: str | os.Path
     """
     images_path = Path(images_dir).absolute()
     images = _image_files(images_path)
+    if not images:
+        raise CXRInputError(f"{images_path}: no supported images found")
     if masks_dir is None:
         return [{"image": str(p)} for p in images]
     masks_path = Path(masks_dir).absolute()
@@ -62,8 +64,6 @@ def datalist_from_folder(images_dir: str | os.PathLike, masks_dir: str | os.Path
         raise CXRInputError(f"{masks_path}: no mask (stem.* or stem_mask.*) for images: {_short_list(missing)}")
     if ambiguous:
         raise CXRInputError(f"{masks_path}: more than one mask for images: {_short_list(ambiguous)}")
-    if not out:
-        raise CXRInputError(f"{images_path}: no supported images found")
     return out
 
 
@@ -184,13 +184,36 @@ def select_split(
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 42,
     limit: int | None = None,
+    by: str = "auto",
 ) -> list[dict[str, Any]]:
     """One split ("train", "val", "test", or "all") of a dataset folder; ``limit`` keeps the first N."""
     datalist = load_datalist(dataset_dir)
     if split == "all":
         chosen = list(datalist)
     elif split in SPLITS:
-        chosen = split_datalist(datalist, fractions=fractions, seed=seed)[split]
+        chosen = split_datalist(datalist, fractions=fractions, seed=seed, by=by)[split]
     else:
         raise ValueError(f"split must be one of {SPLITS + ('all',)}, got {split!r}")
     return chosen[:limit] if limit is not None else chosen
+
+
+def inference_datalist(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[dict[str, str]]:
+    """``{"image": path}`` items for files and folders (a folder contributes its supported images, sorted).
+
+    A missing path or a folder without images is an error naming it; an explicitly named file of an
+    unsupported type is reported by the reader, with its name, when it is loaded.
+    """
+    paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    items: list[dict[str, str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = _image_files(path)
+            if not found:
+                raise CXRInputError(f"{path}: folder contains no supported images")
+            items += [{"image": str(f)} for f in found]
+        elif path.is_file():
+            items.append({"image": str(path)})
+        else:
+            raise CXRInputError(f"{path}: no such file or folder")
+    return items

@@ -82,7 +82,7 @@ class LoadCXRd(MapTransform):
 
 
 def _is_path(value: Any) -> bool:
-    return isinstance(value, (str, bytes)) or hasattr(value, "__fspath__")
+    return isinstance(value, str) or hasattr(value, "__fspath__")
 
 
 def _meta(path: str, header: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,116 @@
+"""All four bundle configs end to end on a few real JSRT images, plus the zoo's offline checks.
+
+Tiny budgets (a handful of images, one or two epochs, the small SAM) keep this to about a minute;
+the accuracy of the method is measured by the benchmark scripts, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import BUNDLE_ROOT
+from scripts.bundle_runner import run_bundle
+from scripts.cxr_io import read_cxr, read_mask
+
+pytestmark = pytest.mark.e2e
+
+
+def _common(data: Path) -> dict:
+    return {"dataset_dir": str(data), "limit": 6, "batch_size": 3, "split#by": "image", "num_workers": 0}
+
+
+@pytest.fixture(scope="module")
+def trained(jsrt_dir, tmp_path_factory) -> dict[str, Path]:
+    """Stage 1 (2 epochs) then stage 2 (1 epoch) on 6 JSRT training images."""
+    out = tmp_path_factory.mktemp("e2e")
+    run_bundle(["train"], {**_common(jsrt_dir), "num_epochs": 2, "run_dir": str(out / "stage1"),
+                           "export_path": str(out / "models" / "model.pt")})
+    run_bundle(["train", "train_qat"], {**_common(jsrt_dir), "num_epochs": 1, "run_dir": str(out / "stage2"),
+                                        "stage1_checkpoint": str(out / "stage1" / "model.pt"),
+                                        "export_path": str(out / "models" / "model_int8.pt")})
+    return {"out": out, "fp32": out / "models" / "model.pt", "int8": out / "models" / "model_int8.pt"}
+
+
+def test_stage1_writes_best_resumable_checkpoints_rank_pattern_and_tensorboard(trained):
+    stage1 = trained["out"] / "stage1"
+    assert (stage1 / "model.pt").is_file() and (stage1 / "checkpoint_final.pt").is_file()
+    resumable = torch.load(stage1 / "checkpoint_final.pt", weights_only=True)
+    assert {"model", "optimizer", "trainer", "adalora"} <= set(resumable)
+    assert resumable["trainer"]["iteration"] == 2 * resumable["trainer"]["epoch_length"]  # 2 epochs
+    pattern = json.loads((stage1 / "rank_pattern.json").read_text())
+    assert pattern["mode"] == "global" and len(pattern["history"]) == 2
+    assert len(pattern["history"][-1]["ranks"]) == 4  # one qkv adapter per block of the small SAM
+    assert any(p.name.startswith("events.out.tfevents") for p in (stage1 / "tensorboard").iterdir())
+
+
+def test_exported_fp32_model_is_tensors_only_with_adapters_merged(trained):
+    state = torch.load(trained["fp32"], weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert not any("lora_" in k or "base_layer" in k for k in state)
+    assert "sam.image_encoder.blocks.0.attn.qkv.weight" in state
+
+
+def test_int8_artefact_is_int8_and_smaller(trained):
+    artefact = torch.load(trained["int8"], weights_only=True)
+    int8 = [k for k, v in artefact["state_dict"].items() if v.dtype == torch.int8]
+    assert int8 and all("attn.qkv" not in k for k in int8)  # the paper's float list
+    assert trained["int8"].stat().st_size < trained["fp32"].stat().st_size
+
+
+@pytest.mark.parametrize("model", ["fp32", "int8"])
+def test_evaluate_writes_per_image_metrics_and_summary(trained, jsrt_dir, model):
+    out = trained["out"] / "eval"
+    run_bundle(["train", "evaluate"], {**_common(jsrt_dir), "limit": 3, "model_path": str(trained[model]),
+                                       "output_dir": str(out), "metrics_prefix": model}, workflow_type="infer")
+    lines = (out / f"{model}.csv").read_text().splitlines()
+    assert lines[0].split(",") == ["id", "dice", "iou", "nsd", "hd95", "assd"] and len(lines) == 4
+    summary = json.loads((out / f"{model}_summary.json").read_text())
+    assert summary["n_images"] == 3 and 0.0 <= summary["metrics"]["dice"]["mean"] <= 1.0
+
+
+def test_inference_from_outside_the_bundle_folder_writes_masks_in_input_geometry(trained, jsrt_dir, tmp_path):
+    images = sorted((jsrt_dir / "images").glob("*.png"))[:2]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for image in images:
+        shutil.copy(image, inputs / image.name)
+    out = tmp_path / "masks"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE_ROOT / "configs" / "inference.json"),
+           "--bundle_root", str(BUNDLE_ROOT), "--dataset_dir", str(inputs), "--output_dir", str(out),
+           "--model_path", str(trained["int8"])]
+    env = {**os.environ, "PYTHONPATH": ""}
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for image in images:
+        mask = read_mask(out / f"{image.stem}_mask.png")
+        assert mask.shape == read_cxr(image)[0].shape
+        assert set(np.unique(mask)) <= {0, 1}
+
+
+def test_bundle_properties_and_network_io_check(tmp_path):
+    from monai.bundle import ConfigWorkflow, verify_net_in_out
+
+    from scripts.network import SamSegmenter
+
+    model = tmp_path / "model.pt"  # infer workflows resolve the network, so a model file must exist
+    torch.save(SamSegmenter("small").state_dict(), model)
+    configs = BUNDLE_ROOT / "configs"
+    for files, kind in ((["train.json"], "train"), (["train.json", "train_qat.json"], "train"), (["inference.json"], "infer"),
+                        (["train.json", "evaluate.json"], "infer")):
+        # the structure is checked, not the weights: stage 2 is not pointed at a stage-1 file here
+        workflow = ConfigWorkflow(config_file=[str(configs / f) for f in files], meta_file=str(configs / "metadata.json"),
+                                  workflow_type=kind, bundle_root=str(BUNDLE_ROOT), init_checkpoint=None,
+                                  model_path=str(model))
+        workflow.initialize()
+        assert not workflow.check_properties(), (files, workflow.check_properties())
+    verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
+                      config_file=str(configs / "inference.json"), bundle_root=str(BUNDLE_ROOT))
