@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import time
@@ -243,6 +244,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "threads": args.threads,
         "repeats": args.repeats,
+        "loadavg_after": os.getloadavg(),  # above --threads means other jobs competed for the CPU
         "results": results,
     }
     with open(args.out, "w", encoding="utf-8") as fh:

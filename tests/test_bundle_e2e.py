@@ -50,6 +50,10 @@ def test_stage1_writes_best_resumable_checkpoints_rank_pattern_and_tensorboard(t
     assert pattern["mode"] == "global" and len(pattern["history"]) == 2
     assert len(pattern["history"][-1]["ranks"]) == 4  # one qkv adapter per block of the small SAM
     assert any(p.name.startswith("events.out.tfevents") for p in (stage1 / "tensorboard").iterdir())
+    # the best model is chosen among models at the final budget (target_r 16 x 4 matrices), never earlier
+    best = torch.load(stage1 / "model.pt", weights_only=True)
+    lambdas = [v for k, v in best.items() if k.endswith("lora_E.default")]
+    assert len(lambdas) == 4 and sum(int((v != 0).sum()) for v in lambdas) == 16 * 4
 
 
 def test_exported_fp32_model_is_tensors_only_with_adapters_merged(trained):

@@ -27,10 +27,16 @@ class AdaLoRARankHandler:
         mode: ``"global"`` — peft's AdaLoRA: one budget over all matrices, cubic schedule;
             ``"per_layer"`` — the paper: importance tracked until ``prune_epoch``, then every matrix
             pruned to exactly ``target_r`` once; ``"frozen"`` — stage 2: ranks fixed, only logged.
+        best_saver, early_stop, evaluator: the validation's best-metric ``CheckpointSaver``, ``EarlyStopHandler``
+            and evaluator (whose logged best is reset with them).
+            A model from before the budget is final has more rank than the target, so the saver forgets
+            earlier bests once the budget is final, and early stopping waits for it. Attach this handler
+            before the ``ValidationHandler`` so the epoch that finalises the budget is validated after it.
     """
 
     def __init__(self, network: nn.Module, mode: str = "global", prune_epoch: int | None = None, target_r: int | None = None,
-                 output_dir: str | None = None, log_name: str = "adaqat.adalora") -> None:
+                 output_dir: str | None = None, best_saver: Any = None, early_stop: Any = None, evaluator: Any = None,
+                 log_name: str = "adaqat.adalora") -> None:
         if mode not in ("global", "per_layer", "frozen"):
             raise ValueError(f"mode must be 'global', 'per_layer' or 'frozen', got {mode!r}")
         if mode == "per_layer" and (prune_epoch is None or target_r is None):
@@ -41,8 +47,12 @@ class AdaLoRARankHandler:
         self.target_r = target_r
         self.output_dir = Path(output_dir) if output_dir else None
         self.logger = logging.getLogger(log_name)
+        self.best_saver = best_saver
+        self.early_stop = early_stop
+        self.evaluator = evaluator
         self.history: list[dict[str, Any]] = []
         self._pruned = False
+        self._final_seen = False
 
     def attach(self, engine: Engine) -> None:
         if self.tuner is None:
@@ -65,7 +75,34 @@ class AdaLoRARankHandler:
         else:
             allocator.mask_using_rank_pattern(self.tuner.model, self.tuner.peft_config["default"].rank_pattern)
 
+    def budget_is_final(self, engine: Engine) -> bool:
+        if self.mode == "frozen":
+            return True
+        if self.mode == "per_layer":
+            return self._pruned
+        config = self.tuner.peft_config["default"]
+        return engine.state.iteration >= config.total_step - config.tfinal
+
+    def _gate_selection(self, engine: Engine) -> None:
+        """Keep best-model selection and early stopping to models at the final rank budget."""
+        if not self.budget_is_final(engine):
+            stopper = getattr(self.early_stop, "_handler", None)
+            if stopper is not None:
+                stopper.counter = 0
+            return
+        if not self._final_seen:
+            self._final_seen = True
+            checkpoint = getattr(self.best_saver, "_key_metric_checkpoint", None)
+            if checkpoint is not None:
+                checkpoint.reset()
+            if self.evaluator is not None:
+                self.evaluator.state.best_metric, self.evaluator.state.best_metric_epoch = -1.0, -1
+            stopper = getattr(self.early_stop, "_handler", None)
+            if stopper is not None:
+                stopper.counter, stopper.best_score = 0, None
+
     def epoch_completed(self, engine: Engine) -> None:
+        self._gate_selection(engine)
         ranks = rank_pattern(self.tuner.model)
         budget = sum(ranks.values())
         engine.state.metrics["adalora_budget"] = float(budget)
@@ -86,6 +123,7 @@ class AdaLoRARankHandler:
             "exp_avg_unc": dict(allocator.exp_avg_unc),
             "rank_pattern": self.tuner.peft_config["default"].rank_pattern,
             "pruned": self._pruned,
+            "final_seen": self._final_seen,
             "history": self.history,
         }
 
@@ -96,6 +134,7 @@ class AdaLoRARankHandler:
         allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = (dict(state[k]) for k in ("ipt", "exp_avg_ipt", "exp_avg_unc"))
         self.tuner.peft_config["default"].rank_pattern = state.get("rank_pattern")
         self._pruned = bool(state.get("pruned", False))
+        self._final_seen = bool(state.get("final_seen", False))
         self.history = list(state.get("history", []))
 
 

@@ -1,13 +1,13 @@
 """Real INT8 execution of quantized Linear layers on CPU.
 
 Kernel choice (measured with ``scripts/bench_int8_kernels.py`` on a 2-core AVX-512 VNNI EPYC,
-torch 2.14, 2 threads, SAM ViT-B shapes M=4096 x K=768 x N=2304/768/3072 and K=3072 x N=768):
-``quantized::linear_dynamic`` on a weight packed by the **oneDNN** quantized engine was the fastest
-real int8 path, 2.9-3.8x faster than FP32 ``F.linear`` (fbgemm-packed: slightly slower;
-``torch._int_mm`` with per-token activation quantization in eager: ~2x slower than that, because
-the quantize and rescale passes are separate ops; ``aten._weight_int8pack_mm`` on FP32 input:
-~40x slower than FP32; torchao's int8 configs in eager run the same unfused ops, or dequantize
-then matmul). It quantizes the activation dynamically inside the op: per tensor, asymmetric
+torch 2.14, 2 threads, SAM ViT-B shapes M=4096 and 256 tokens x K=768 x N=2304/768/3072 and
+K=3072 x N=768): ``quantized::linear_dynamic`` on a weight packed by the **oneDNN** quantized
+engine was the fastest real int8 path, 3.0-4.2x faster than FP32 ``F.linear`` (fbgemm-packed:
+5-25% slower; ``torch._int_mm`` with per-token activation quantization in eager: ~2x slower, the
+quantize and rescale passes being separate ops; ``aten._weight_int8pack_mm`` on FP32 input: ~40x
+slower than FP32; torchao's int8 configs in eager run the same unfused ops, or dequantize then
+matmul; torch.compile of torchao's dynamic config approached but did not beat oneDNN). It quantizes the activation dynamically inside the op: per tensor, asymmetric
 uint8, then int8 x uint8 GEMM with int32 accumulation and the float rescale + bias fused.
 
 Trade-off (documented, not hidden): per-tensor activation quantization is less accurate than
@@ -130,7 +130,17 @@ class Int8Linear(nn.Module):
     def _kernel_for(self, x: torch.Tensor) -> str:
         if self.backend != "auto":
             return self.backend
-        return "qlinear_dynamic" if x.is_cpu and _preferred_qengine() else "int_mm"
+        if not (x.is_cpu and _preferred_qengine()):
+            return "int_mm"
+        try:
+            self._packed_weight()
+        except (RuntimeError, AttributeError, NotImplementedError) as exc:
+            # torch has deprecated the quantized tensors that linear_prepack needs; if a future
+            # release drops them, keep running (slower, still int8) rather than fail.
+            warnings.warn(f"Int8Linear: quantized::linear_dynamic unavailable ({exc}); using torch._int_mm")
+            self.backend = "int_mm"
+            return "int_mm"
+        return "qlinear_dynamic"
 
     def _packed_weight(self) -> Any:
         tensors = (self.weight_int8, self.weight_scale, self.bias)

@@ -149,8 +149,9 @@ def _selected(name: str, module: nn.Module, quantize: Selector) -> bool:
 def _replace_modules(model: nn.Module, new_for: dict[int, nn.Module]) -> None:
     """Point every reference (also a module shared under several names) at its replacement."""
     for parent in model.modules():
-        for child_name, child in list(parent.named_children()):
-            if id(child) in new_for:
+        # ``_modules`` directly: named_children() hides a child already seen under another name.
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and id(child) in new_for:
                 setattr(parent, child_name, new_for[id(child)])
 
 
