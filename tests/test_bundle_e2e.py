@@ -118,3 +118,27 @@ def test_bundle_properties_and_network_io_check(tmp_path):
         assert not workflow.check_properties(), (files, workflow.check_properties())
     verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
                       config_file=str(configs / "inference.json"), bundle_root=str(BUNDLE_ROOT))
+
+
+def test_inference_with_a_user_box_prompt(trained, jsrt_dir, tmp_path):
+    image = sorted((jsrt_dir / "images").glob("*.png"))[0]
+    out = tmp_path / "boxed"
+    run_bundle(["inference"], {"dataset_dir": str(image), "output_dir": str(out), "model_path": str(trained["fp32"]),
+                               "box": [20, 30, 200, 190], "prompt_mode": "box"}, workflow_type="infer")
+    assert read_mask(out / f"{image.stem}_mask.png").shape == (224, 224)
+
+
+def test_training_resumes_from_its_last_checkpoint(jsrt_dir, tmp_path):
+    """A run stopped after epoch 2 of 3 resumes from its checkpoint and finishes the same schedule."""
+    run_dir = tmp_path / "interrupted"
+    train_run = json.loads((BUNDLE_ROOT / "configs" / "train.json").read_text())["run"]
+    stop_at_2 = "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=2), lambda e: e.terminate())"
+    common = {**_common(jsrt_dir), "num_epochs": 3, "run_dir": str(run_dir), "export_path": str(run_dir / "model_fp32.pt")}
+    run_bundle(["train"], {**common, "run": [stop_at_2, *train_run]})
+    stopped = torch.load(run_dir / "checkpoint_final.pt", weights_only=True)
+    assert stopped["trainer"]["iteration"] == 2 * stopped["trainer"]["epoch_length"]
+    run_bundle(["train"], {**common, "resume_from": str(run_dir / "checkpoint_final.pt")})
+    finished = torch.load(run_dir / "checkpoint_final.pt", weights_only=True)
+    assert finished["trainer"]["iteration"] == 3 * stopped["trainer"]["epoch_length"]
+    history = json.loads((run_dir / "rank_pattern.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]  # the allocator's record carried over

@@ -139,3 +139,14 @@ def test_select_split(jsrt_dir):
     assert len(select_split(jsrt_dir, "all")) == 247
     with pytest.raises(ValueError, match="split must be"):
         select_split(jsrt_dir, "training")
+
+
+def test_inference_datalist_attaches_a_valid_user_box(tmp_path):
+    from scripts.datasets import inference_datalist
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    items = inference_datalist([str(image)], box=[1, 2, 30, 40])
+    assert items[0]["box"].tolist() == [1.0, 2.0, 30.0, 40.0]
+    with pytest.raises(ValueError, match="x0 < x1"):
+        inference_datalist([str(image)], box=[30, 2, 1, 40])

@@ -212,9 +212,9 @@ def test_export_refuses_mismatched_granularity_and_non_linear() -> None:
     with pytest.raises(ValueError, match="per_channel"):
         export_int8_state(model, ["0"], per_channel=True)
     with pytest.raises(ValueError, match="not an nn.Linear"):
-        export_int8_state(model, ["0", "1"])
+        export_int8_state(model, ["0", "1"], per_channel=False)
     with pytest.raises(ValueError, match="no module"):
-        export_int8_state(model, ["0", "nope"])
+        export_int8_state(model, ["0", "nope"], per_channel=False)
 
 
 def test_apply_names_missing_and_unexpected_keys() -> None:
@@ -275,3 +275,20 @@ def test_export_refuses_to_drop_a_fake_quantized_layer() -> None:
     apply_fake_quant(model)
     with pytest.raises(ValueError, match=r"\['1'\]"):
         export_int8_state(model, ["0"])
+
+
+def test_auto_backend_falls_back_to_int_mm_when_packing_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    import scripts.int8_runtime as runtime
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("no quantized tensors in this torch")
+
+    monkeypatch.setattr(runtime, "_pack_weight", broken)
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 8)
+    m = Int8Linear.from_float(lin)
+    x = torch.randn(5, 32)
+    with pytest.warns(UserWarning, match="_int_mm"):
+        y = m(x)
+    assert m.backend == "int_mm"
+    assert rel_l2(y, F.linear(x, dequantize_weight(m.weight_int8, m.weight_scale), lin.bias).detach()) < 0.02

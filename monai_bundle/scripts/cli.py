@@ -117,6 +117,8 @@ def cmd_infer(args: argparse.Namespace) -> None:
         overrides["model_path"] = str(Path(args.model).resolve())
     if args.prompt:
         overrides["prompt_mode"] = args.prompt
+    if args.box:
+        overrides["box"] = list(args.box)
     if args.device:
         overrides["device"] = f"$torch.device('{args.device}')"
     overrides.update(_parse_sets(args.set or []))
@@ -201,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     p.add_argument("--model", help="model file (default: the bundle's models/model_int8.pt, else models/model.pt)")
-    p.add_argument("--prompt", choices=["two_pass", "whole"], help="prompt-free mode (default two_pass)")
+    p.add_argument("--prompt", choices=["two_pass", "whole", "box"],
+                   help="two_pass (default): whole image, then a box refined from it; whole; box: use --box as is")
+    p.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
+                   help="a box prompt in image pixels (refined by a second pass unless --prompt box)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_infer)

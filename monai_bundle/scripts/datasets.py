@@ -197,8 +197,11 @@ def select_split(
     return chosen[:limit] if limit is not None else chosen
 
 
-def inference_datalist(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[dict[str, str]]:
+def inference_datalist(inputs: str | os.PathLike | Sequence[str | os.PathLike],
+                       box: Sequence[float] | None = None) -> list[dict[str, Any]]:
     """``{"image": path}`` items for files and folders (a folder contributes its supported images, sorted).
+
+    ``box`` (x0, y0, x1, y1 in pixels of each image) is attached to every item as the user's prompt.
 
     A missing path or a folder without images is an error naming it; an explicitly named file of an
     unsupported type is reported by the reader, with its name, when it is loaded.
@@ -216,4 +219,8 @@ def inference_datalist(inputs: str | os.PathLike | Sequence[str | os.PathLike]) 
             items.append({"image": str(path)})
         else:
             raise CXRInputError(f"{path}: no such file or folder")
+    if box is not None:
+        if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
+            raise ValueError(f"box must be x0 y0 x1 y1 with x0 < x1 and y0 < y1, got {list(box)}")
+        items = [{**item, "box": np.asarray(box, dtype=np.float32)} for item in items]
     return items

@@ -19,6 +19,7 @@ the others in the batch. ``backend="int_mm"`` selects per-token symmetric activa
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from typing import Any, Iterator
 
@@ -39,6 +40,7 @@ def _preferred_qengine() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def _reduce_range() -> bool:
     """Use 7-bit activations only where 8 bits could saturate.
 
