@@ -39,6 +39,17 @@ def _standalone(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu").clone(memory_format=torch.contiguous_format)
 
 
+def _linear_named(model: nn.Module, name: str, role: str) -> nn.Linear:
+    """The Linear called ``name`` in ``model``, or a ValueError saying what ``role`` named instead."""
+    try:
+        module = model.get_submodule(name)
+    except AttributeError as exc:
+        raise ValueError(f"{role} {name!r}: no module of that name; it does not exist in the model") from exc
+    if not isinstance(module, nn.Linear):
+        raise ValueError(f"{role} {name!r} is {type(module).__name__}, not nn.Linear")
+    return module
+
+
 def export_int8_state(model: nn.Module, quantize_names: list[str], per_channel: bool = True) -> dict:
     """Build the INT8 artefact of ``model`` with the Linears in ``quantize_names`` stored as int8.
 
@@ -57,12 +68,7 @@ def export_int8_state(model: nn.Module, quantize_names: list[str], per_channel: 
     state: dict[str, torch.Tensor] = {}
     quantized_keys: set[str] = set()
     for name in names:
-        try:
-            module = model.get_submodule(name)
-        except AttributeError as exc:
-            raise ValueError(f"quantize_names: no module named {name!r} in the model") from exc
-        if not isinstance(module, nn.Linear):
-            raise ValueError(f"quantize_names: {name!r} is {type(module).__name__}, not an nn.Linear")
+        module = _linear_named(model, name, "quantize_names")
         bits = 8
         if isinstance(module, FakeQuantLinear):
             if module.per_channel != per_channel:
@@ -150,12 +156,7 @@ def apply_int8_state(model_skeleton: nn.Module, artefact: Mapping[str, Any], bac
     _validate(artefact, "apply_int8_state")
     state = artefact["state_dict"]
     for name in artefact["quantized_layers"]:
-        try:
-            module = model_skeleton.get_submodule(name)
-        except AttributeError as exc:
-            raise ValueError(f"artefact layer {name!r} does not exist in the model skeleton") from exc
-        if not isinstance(module, nn.Linear):
-            raise ValueError(f"artefact layer {name!r} is {type(module).__name__} in the skeleton, not nn.Linear")
+        module = _linear_named(model_skeleton, name, "artefact layer")
         q = state[f"{name}.weight_int8"]
         if tuple(q.shape) != (module.out_features, module.in_features):
             raise ValueError(f"{name}: int8 weight {tuple(q.shape)} does not fit "
