@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-.venv/bin/adaqat pipeline --data sample_data/cxr_ccby_512 --out runs/sample "$@"
+.venv/bin/adaqat pipeline --data sample_data/cxr_ccby_512 --out runs/sample --install-models "$@"

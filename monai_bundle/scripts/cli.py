@@ -158,6 +158,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
         data=args.data, out=args.out, checkpoint=args.checkpoint, arch=args.arch or "small", image_size=args.image_size,
         preset=args.preset, epochs=tuple(args.epochs), batch_size=args.batch_size, limit=args.limit,
         split_by=args.split_by or "auto", seed=args.seed if args.seed is not None else 42,
+        install_models=args.install_models,
         extra=_parse_sets(args.set or []),
     )
     print(f"report: {pipeline.run_pipeline(settings)}")
@@ -231,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="start from this SAM (skips stage 0)")
     p.add_argument("--preset", choices=["paper"])
     p.add_argument("--epochs", type=int, nargs=3, default=[40, 20, 8], metavar=("E0", "E1", "E2"))
+    p.add_argument("--install-models", action="store_true",
+                   help="copy the final FP32 and INT8 models into the bundle's models/ (the defaults of infer, Slicer, MONAI Label)")
     p.add_argument("--batch-size", type=int)
     p.set_defaults(func=cmd_pipeline)
     return parser

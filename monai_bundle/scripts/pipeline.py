@@ -7,17 +7,16 @@ module only chains them and collects what they wrote into ``report.md`` / ``repo
 from __future__ import annotations
 
 import json
-import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
-from .bundle_runner import run_bundle
+from .atomic import atomic_write_text, atomic_write_with
+from .bundle_runner import BUNDLE_ROOT, run_bundle
 from .model_factory import count_trainable
 
-LOG = logging.getLogger("adaqat.pipeline")
 PROMPT_MODES = ("two_pass", "whole", "box")
 
 
@@ -37,6 +36,7 @@ class PipelineSettings:
     split_by: str = "auto"
     seed: int = 42
     prompt_modes: tuple[str, ...] = PROMPT_MODES
+    install_models: bool = False  # copy the final models into the bundle's models/ (its defaults)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -119,7 +119,11 @@ def run_pipeline(settings: PipelineSettings) -> Path:
     info["total_seconds"] = time.time() - start
     info["settings"] = {k: v for k, v in vars(settings).items()}
     atomic_write_text(out / "run_info.json", json.dumps(info, indent=2, default=str))
-    return write_report(out, info, models, eval_dir, settings)
+    report = write_report(out, info, models, eval_dir, settings)
+    if settings.install_models:
+        for name, path in (("model.pt", models["fp32"]), ("model_int8.pt", models["int8"])):
+            atomic_write_with(BUNDLE_ROOT / "models" / name, lambda tmp, src=path: shutil.copyfile(src, tmp))
+    return report
 
 
 __all__ = ["PROMPT_MODES", "PipelineSettings", "evaluate_models", "run_pipeline", "run_stages"]
