@@ -26,7 +26,6 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "tensorboard==2.21.0",
     "tqdm==4.70.1",
-    "torchao==0.18.0",
     "PyYAML==6.0.4",
     "fire==0.7.1",
 ]

@@ -91,7 +91,7 @@ def test_metadata_content(metadata):
     intended = metadata["intended_use"].lower()
     assert "research" in intended
     assert re.search(r"not (intended )?for clinical diagnosis", intended)
-    for pkg in ("segment-anything", "peft", "pytorch-ignite", "torchao"):
+    for pkg in ("segment-anything", "peft", "pytorch-ignite", "scikit-image"):
         assert pkg in metadata["required_packages_version"]
 
 

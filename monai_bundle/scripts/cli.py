@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,9 +18,6 @@ BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _engine(module: str) -> Any:
-    # torchao registers enums with torch's pytree at import and torch logs a deprecation for each:
-    # noise for a person at a terminal, not a problem of theirs.
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     if str(BUNDLE_ROOT) not in sys.path:
         sys.path.insert(0, str(BUNDLE_ROOT))
     return importlib.import_module(f"scripts.{module}")
