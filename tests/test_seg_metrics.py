@@ -127,3 +127,16 @@ def test_write_read_and_compare(tmp_path, capsys):
 
     assert main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--metric", "hd95"]) == 0
     assert json.loads(capsys.readouterr().out)["metric"] == "hd95"
+
+
+def test_atomic_writes_leave_no_partial_file_and_ordinary_permissions(tmp_path):
+    from scripts.atomic import atomic_path, atomic_write_text
+
+    target = tmp_path / "report.json"
+    atomic_write_text(target, "first")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    assert target.stat().st_mode & 0o044  # group/other can read, unlike mkstemp's 0600
