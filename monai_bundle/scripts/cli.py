@@ -227,12 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--checkpoint", help="start from this SAM (skips stage 0)")
     p.add_argument("--preset", choices=["paper"])
-    p.add_argument("--epochs", type=int, nargs=3, default=[40, 20, 8], metavar=("E0", "E1", "E2"))
+    p.add_argument("--epochs", type=int, nargs=3, default=[80, 25, 10], metavar=("E0", "E1", "E2"))
     p.add_argument("--install-models", action="store_true",
                    help="copy the final FP32 and INT8 models into the bundle's models/ (the defaults of infer, Slicer, MONAI Label)")
     p.add_argument("--batch-size", type=int)
     p.set_defaults(func=cmd_pipeline)
     return parser
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost chained exception: MONAI wraps config errors in "Failed to evaluate/instantiate"."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -249,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # users get one clear line; --debug gives the traceback
         if args.debug:
             raise
-        print(f"adaqat {args.command}: error: {exc}", file=sys.stderr)
+        print(f"adaqat {args.command}: error: {_root_cause(exc)}", file=sys.stderr)
         return 1
     return 0
 

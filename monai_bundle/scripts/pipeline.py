@@ -30,7 +30,7 @@ class PipelineSettings:
     arch: str = "small"
     image_size: int | None = None
     preset: str | None = None  # "paper" merges configs/paper.json (+ paper_qat.json)
-    epochs: tuple[int, int, int] = (40, 20, 8)
+    epochs: tuple[int, int, int] = (80, 25, 10)
     batch_size: int | None = None
     limit: int | None = None
     split_by: str = "auto"
