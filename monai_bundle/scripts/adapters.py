@@ -153,10 +153,6 @@ def adapter_layers(module: nn.Module) -> list[BaseTunerLayer]:
     return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
 
 
-def has_adapters(module: nn.Module) -> bool:
-    return bool(adapter_layers(module))
-
-
 def orthogonality_penalty(module: nn.Module) -> torch.Tensor:
     """Mean of ||A A^T - I||_F and ||B^T B - I||_F over AdaLoRA matrices (0 without AdaLoRA).
 
@@ -240,10 +236,6 @@ def per_layer_prune(tuner: AdaLoraModel, target_r: int) -> dict[str, list[bool]]
     return pattern
 
 
-def trainable_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
 def parameter_groups(network: nn.Module, lrs: dict[str, float], weight_decay: float = 1e-4) -> list[dict[str, Any]]:
     """AdamW groups by part: ``adapter`` (lora_*), ``encoder``, ``decoder`` (mask decoder + prompt encoder).
 
@@ -273,7 +265,6 @@ __all__ = [
     "add_lora",
     "adapter_layers",
     "freeze_rank_masks",
-    "has_adapters",
     "merge_adapters",
     "merged_copy",
     "orthogonality_penalty",
@@ -281,5 +272,4 @@ __all__ = [
     "per_layer_prune",
     "rank_pattern",
     "target_regex",
-    "trainable_parameters",
 ]

@@ -11,7 +11,6 @@ import fnmatch
 import os
 from typing import Any, Mapping, Sequence
 
-import torch
 import torch.nn as nn
 from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -97,15 +96,4 @@ def build_network(
     return network
 
 
-def count_trainable(network: nn.Module) -> int:
-    return sum(p.numel() for p in network.parameters() if p.requires_grad)
-
-
-def device_of(name: str | torch.device | None = None) -> torch.device:
-    """``"auto"``/None: CUDA when present, else CPU."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-__all__ = ["PAPER_KEEP_FLOAT", "CheckpointError", "build_network", "count_trainable", "device_of", "load_network_checkpoint"]
+__all__ = ["PAPER_KEEP_FLOAT", "CheckpointError", "build_network", "load_network_checkpoint"]

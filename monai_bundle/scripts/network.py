@@ -17,13 +17,9 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .sam_model import SamArch, build_sam, resolve_arch
+from .transforms import whole_image_box
 
 PROMPT_MODES = ("box", "whole", "two_pass")
-
-
-def whole_image_boxes(batch: int, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
-    """Boxes ``[0, 0, W, H]`` for every image: the prompt a deployed tool has without ground truth."""
-    return torch.tensor([[0.0, 0.0, float(width), float(height)]], device=device).repeat(batch, 1)
 
 
 def refine_boxes(low_res_logits: torch.Tensor, margin_px: float, fallback: torch.Tensor) -> torch.Tensor:
@@ -126,7 +122,7 @@ class SamSegmenter(nn.Module):
         if boxes is None:
             if self.prompt_mode == "box" and not self.training:
                 raise ValueError("prompt_mode 'box' needs boxes; pass boxes or use 'whole'/'two_pass'")
-            boxes = whole_image_boxes(batch, height, width, images.device)
+            boxes = whole_image_box(height, width).to(images.device).repeat(batch, 1)
         boxes = torch.as_tensor(boxes, dtype=torch.float32, device=images.device).reshape(batch, 4)
         to_sam = torch.tensor([size / width, size / height, size / width, size / height], device=images.device)
         sam_boxes = boxes * to_sam
@@ -142,4 +138,4 @@ class SamSegmenter(nn.Module):
         return F.interpolate(low_res, size=(height, width), mode="bilinear", align_corners=False)
 
 
-__all__ = ["PROMPT_MODES", "SamSegmenter", "refine_boxes", "whole_image_boxes"]
+__all__ = ["PROMPT_MODES", "SamSegmenter", "refine_boxes"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from .atomic import atomic_write_text, atomic_write_with
 from .bundle_runner import BUNDLE_ROOT, run_bundle
-from .model_factory import count_trainable
+from .sam_model import count_parameters
 
 PROMPT_MODES = ("two_pass", "whole", "box")
 
@@ -58,7 +58,7 @@ def _common(settings: PipelineSettings) -> dict[str, Any]:
 
 
 def _trainable(workflow: Any) -> int:
-    return count_trainable(workflow.parser.get_parsed_content("network"))
+    return count_parameters(workflow.parser.get_parsed_content("network"), trainable_only=True)
 
 
 def run_stages(settings: PipelineSettings) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from .int8_export import export_int8_state, save_int8
 from .model_factory import PAPER_KEEP_FLOAT
 from .network import SamSegmenter
 from .quantizer import apply_fake_quant
+from .sam_model import count_parameters
 
 
 def _adapter_options(config_name: str) -> dict[str, Any]:
@@ -41,7 +42,7 @@ def _trainable_with(network: SamSegmenter, adapter: dict[str, Any]) -> int:
         add_adalora(candidate.sam.image_encoder, total_step=100, **options)
     else:
         add_lora(candidate.sam.image_encoder, **options)
-    return sum(p.numel() for p in candidate.parameters() if p.requires_grad)
+    return count_parameters(candidate, trainable_only=True)
 
 
 def _linear_params(module: nn.Module, name_filter: str | None = None) -> int:
@@ -94,9 +95,8 @@ def model_stats(arch: str = "vit_b", image_size: int | None = None, work_dir: st
     torch.manual_seed(0)
     network = SamSegmenter(arch, image_size=image_size).eval()
     sam = network.sam
-    parts = {name: sum(p.numel() for p in getattr(sam, name).parameters())
-             for name in ("image_encoder", "prompt_encoder", "mask_decoder")}
-    total = sum(p.numel() for p in sam.parameters())
+    parts = {name: count_parameters(getattr(sam, name)) for name in ("image_encoder", "prompt_encoder", "mask_decoder")}
+    total = count_parameters(sam)
     adalora_default = _adapter_options("train.json")
     paper_adapter = _adapter_options("paper.json")
     lora_default = {"kind": "lora", "targets": adalora_default["targets"], "rank": adalora_default["target_r"],
