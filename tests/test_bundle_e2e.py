@@ -142,3 +142,20 @@ def test_training_resumes_from_its_last_checkpoint(jsrt_dir, tmp_path):
     assert finished["trainer"]["iteration"] == 3 * stopped["trainer"]["epoch_length"]
     history = json.loads((run_dir / "rank_pattern.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]  # the allocator's record carried over
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_cli_export_reproduces_the_models_the_runs_exported(trained, jsrt_dir, tmp_path, stage):
+    from scripts.cli import main
+
+    run_dir = trained["out"] / ("stage1" if stage == 1 else "stage2")
+    out = tmp_path / f"exported_stage{stage}.pt"
+    code = main(["export", str(run_dir / "model.pt"), "--stage", str(stage), "-o", str(out), "--data", str(jsrt_dir),
+                 "--limit", "6", "--split-by", "image"])
+    assert code == 0
+    mine = torch.load(out, weights_only=True)
+    reference = torch.load(trained["fp32" if stage == 1 else "int8"], weights_only=True)
+    if stage == 2:
+        mine, reference = mine["state_dict"], reference["state_dict"]
+    assert set(mine) == set(reference)
+    assert all(torch.equal(mine[k], reference[k]) for k in reference)
