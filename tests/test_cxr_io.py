@@ -9,8 +9,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from dicom_writer import make_dicom
 
 from scripts.cxr_io import (
     CXRInputError,
@@ -40,27 +39,6 @@ def assert_corner(mask: np.ndarray) -> None:
     expected = np.zeros((H, W), np.uint8)
     expected[CORNER] = 1
     np.testing.assert_array_equal((np.asarray(mask) != 0).astype(np.uint8), expected)
-
-
-def make_dicom(path: Path, arr: np.ndarray, photometric: str = "MONOCHROME2", modality: str = "DX", **extra) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientID, ds.Modality, ds.SeriesDescription = "anon", modality, "chest PA"
-    ds.PixelSpacing = [0.5, 0.25]
-    for key, value in extra.items():
-        setattr(ds, key, value)
-    if arr is not None:
-        bits = 16 if arr.dtype == np.uint16 else 8
-        ds.set_pixel_data(arr, photometric_interpretation=photometric, bits_stored=bits, generate_instance_uid=False)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 # ------------------------------------------------------------------ PNG / JPEG

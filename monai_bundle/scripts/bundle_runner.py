@@ -52,4 +52,11 @@ def run_bundle(configs: Sequence[str], overrides: Mapping[str, Any] | None = Non
     return workflow
 
 
-__all__ = ["BUNDLE_ROOT", "CONFIG_DIR", "config_file", "run_bundle"]
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost chained exception: MONAI wraps errors raised inside configs in "Failed to evaluate/instantiate"."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+__all__ = ["BUNDLE_ROOT", "CONFIG_DIR", "config_file", "root_cause", "run_bundle"]

@@ -235,13 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost chained exception: MONAI wraps config errors in "Failed to evaluate/instantiate"."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return exc
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -256,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # users get one clear line; --debug gives the traceback
         if args.debug:
             raise
-        print(f"adaqat {args.command}: error: {_root_cause(exc)}", file=sys.stderr)
+        print(f"adaqat {args.command}: error: {_engine('bundle_runner').root_cause(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -136,20 +136,23 @@ def _squeeze_to_2d(arr: np.ndarray, path: Path, n_channels: int, slices: int) ->
     return arr.reshape(tuple(keep) + arr.shape[len(spatial) :]), True
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """ITK's NIfTI reader only prints an error for a truncated file and returns partial data;
-    nibabel raises, so the voxel data are read once more through nibabel to catch that."""
+def _check_nifti_data(path: Path) -> None:
+    """Read the voxel data once more through nibabel, which ITK's NIfTI reader does not replace:
+    ITK only prints an error for a truncated file (returning partial data) and reads NaN/Inf voxels
+    as finite numbers, so both would go unnoticed."""
     import nibabel as nib
 
     try:
-        np.asanyarray(nib.load(str(path)).dataobj)
+        data = np.asanyarray(nib.load(str(path)).dataobj)
     except Exception as exc:  # nibabel raises OSError, EOFError, zlib.error, HeaderDataError, ...
         raise CXRInputError(f"{path}: damaged or truncated NIfTI file ({str(exc).splitlines()[0]})") from exc
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise CXRInputError(f"{path}: image contains NaN or infinite values")
 
 
 def _read_sitk(path: Path, fmt: str) -> tuple[np.ndarray, dict[str, Any]]:
     if fmt == "nifti":
-        _check_nifti_complete(path)
+        _check_nifti_data(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
