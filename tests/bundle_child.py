@@ -3,7 +3,8 @@
 Usage: ``python tests/bundle_child.py SPEC.json`` where SPEC holds ``configs``, ``overrides`` and
 ``summary`` (a path). After the run, each process writes ``summary`` (``{rank}`` is replaced by its
 rank): last training loss, last and best validation Dice, iterations, and the AdaLoRA Lambdas (the
-masked singular values: their zeros are the rank pattern) with all adapter weights.
+masked singular values: their zeros are the rank pattern), the allocator's rank pattern, and every
+trainable weight.
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ def main(spec_path: str) -> None:
         "val_dice": float(evaluator.state.metrics.get("val_mean_dice", float("nan"))),
         "best_dice": float(evaluator.state.best_metric),
         "adapters": {k: v.detach().cpu().clone() for k, v in network.state_dict().items() if ".lora_" in k},
+        "trainable": {k: v.detach().cpu().clone() for k, v in network.named_parameters() if v.requires_grad},
     }
+    tuner = getattr(network, "adalora_tuner", None)
+    if tuner is not None:
+        summary["rank_pattern"] = tuner.peft_config["default"].rank_pattern
     rank = os.environ.get("RANK", "0")
     torch.save(summary, spec["summary"].replace("{rank}", rank))
 
