@@ -12,6 +12,7 @@ from ignite.engine import Engine, Events
 
 from .adapters import per_layer_prune, rank_pattern
 from .atomic import atomic_write_text
+from .distributed import broadcast_object, broadcast_tensors, is_distributed, is_main_process, unwrap
 
 
 class AdaLoRARankHandler:
@@ -41,7 +42,7 @@ class AdaLoRARankHandler:
             raise ValueError(f"mode must be 'global', 'per_layer' or 'frozen', got {mode!r}")
         if mode == "per_layer" and (prune_epoch is None or target_r is None):
             raise ValueError("mode 'per_layer' needs prune_epoch and target_r")
-        self.tuner = getattr(network, "adalora_tuner", None)
+        self.tuner = getattr(unwrap(network), "adalora_tuner", None)
         self.mode = mode
         self.prune_epoch = prune_epoch
         self.target_r = target_r
@@ -62,6 +63,13 @@ class AdaLoRARankHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
     def iteration_completed(self, engine: Engine) -> None:
+        config = self.tuner.peft_config["default"]
+        decided_before = config.rank_pattern
+        self._allocate(engine)
+        if config.rank_pattern is not decided_before:  # a new decision: same steps on every rank
+            self._share_decision_of_rank0()
+
+    def _allocate(self, engine: Engine) -> None:
         step = engine.state.iteration
         if self.mode == "global":
             self.tuner.update_and_allocate(step)
@@ -74,6 +82,17 @@ class AdaLoRARankHandler:
                 self._pruned = True
         else:
             allocator.mask_using_rank_pattern(self.tuner.model, self.tuner.peft_config["default"].rank_pattern)
+
+    def _share_decision_of_rank0(self) -> None:
+        """Broadcast rank 0's masked Lambdas, rank pattern and allocator statistics to every rank."""
+        if not is_distributed():
+            return
+        config = self.tuner.peft_config["default"]
+        config.rank_pattern = broadcast_object(config.rank_pattern)
+        allocator = self.tuner.rankallocator
+        lambdas = [p for name, p in self.tuner.model.named_parameters() if "lora_E" in name]
+        statistics = [stats[key] for stats in (allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc) for key in sorted(stats)]
+        broadcast_tensors(lambdas + statistics)
 
     def budget_is_final(self, engine: Engine) -> bool:
         if self.mode == "frozen":
@@ -109,7 +128,7 @@ class AdaLoRARankHandler:
         self.history.append({"epoch": engine.state.epoch, "iteration": engine.state.iteration, "budget": budget, "ranks": ranks})
         self.logger.info("epoch %d: AdaLoRA rank budget %d over %d matrices: %s", engine.state.epoch, budget, len(ranks),
                          " ".join(f"{name.split('blocks.')[-1]}={r}" for name, r in ranks.items()))
-        if self.output_dir is not None:
+        if self.output_dir is not None and is_main_process():
             atomic_write_text(self.output_dir / "rank_pattern.json", json.dumps({"mode": self.mode, "history": self.history}, indent=1))
 
     # Resumable: CheckpointSaver/Loader save and restore the allocator's importance statistics.

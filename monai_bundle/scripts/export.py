@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from .adapters import merge_adapters
 from .atomic import atomic_torch_save
+from .distributed import is_main_process, unwrap
 from .int8_export import apply_int8_state, export_int8_state, load_int8_artefact, save_int8
 from .model_factory import load_network_checkpoint
 from .network import SamSegmenter
@@ -34,7 +35,13 @@ def _with_best_weights(network: nn.Module, best_checkpoint: str | os.PathLike | 
 
 
 def export_fp32(network: nn.Module, best_checkpoint: str | os.PathLike | None, path: str | os.PathLike) -> Path:
-    """Write the best weights, adapters merged and fake-quant removed, as a plain SAM network state."""
+    """Write the best weights, adapters merged and fake-quant removed, as a plain SAM network state.
+
+    ``network`` may be wrapped in DDP; in a distributed run only rank 0 writes.
+    """
+    network = unwrap(network)
+    if not is_main_process():
+        return Path(path)
     shipped = _with_best_weights(network, best_checkpoint)
     merge_adapters(shipped.sam.image_encoder)
     remove_fake_quant(shipped)
@@ -44,7 +51,10 @@ def export_fp32(network: nn.Module, best_checkpoint: str | os.PathLike | None, p
 
 def export_int8(network: nn.Module, best_checkpoint: str | os.PathLike | None, path: str | os.PathLike,
                 per_channel: bool | None = None) -> Path:
-    """Write the real INT8 artefact of a stage-2 network: its fake-quantized Linears as int8 + scales."""
+    """Write the real INT8 artefact of a stage-2 network: its fake-quantized Linears as int8 + scales (rank 0 only)."""
+    network = unwrap(network)
+    if not is_main_process():
+        return Path(path)
     shipped = _with_best_weights(network, best_checkpoint)
     names = list(getattr(network, "quantized_layers", []))
     if not names:
