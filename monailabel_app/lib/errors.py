@@ -1,0 +1,58 @@
+"""Bad requests answered with a 4xx status and a message that says what was wrong.
+
+Why: MONAI Label turns any exception of a task into "500 Internal Server Error" with no detail, so a
+client (Slicer, a script) cannot tell a corrupt upload from a server fault. Errors of the request are
+mapped here; anything else stays a 500 and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import HTTPException
+
+# Exception class names of the engine (scripts.cxr_io.CXRInputError) matched by name: the bundle's
+# ``scripts`` modules are reloaded per request by MONAI Label, so class identity is not stable.
+INPUT_ERRORS = ("CXRInputError",)
+
+
+def unknown_model(model: str | None, available: list[str]) -> HTTPException:
+    return HTTPException(status_code=404, detail=f"unknown model {model!r}; available models: {sorted(available)}")
+
+
+def unknown_image(image: str) -> HTTPException:
+    return HTTPException(status_code=404, detail=f"no study {image!r} in the datastore")
+
+
+def bad_extension(name: str, supported: tuple[str, ...], what: str = "image") -> HTTPException:
+    return HTTPException(status_code=400,
+                         detail=f"unsupported {what} type {name!r}; supported: {', '.join(supported)}")
+
+
+def suffix(path: str) -> str:
+    """Lower-case suffix, ``.nii.gz`` kept whole."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def input_error(exc: BaseException) -> HTTPException | None:
+    """422 for an unusable input (corrupt, empty, 3-D...) found anywhere in the exception chain, else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, HTTPException):
+            return current
+        if type(current).__name__ in INPUT_ERRORS:
+            return HTTPException(status_code=422, detail=_without_temp_path(str(current)))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _without_temp_path(message: str) -> str:
+    """The engine names the file; for an upload that is a server temp path, meaningless to the client."""
+    head, sep, tail = message.partition(": ")
+    return f"uploaded image: {tail}" if sep and "/tmp" in head else message
+
+
+__all__ = ["bad_extension", "input_error", "suffix", "unknown_image", "unknown_model"]

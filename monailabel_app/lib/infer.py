@@ -1,0 +1,89 @@
+"""Inference of one bundle model (FP32 or INT8) for MONAI Label, on 2-D chest X-rays.
+
+Why a subclass: ``BundleInferTask`` reads labels, dimension and transforms from the bundle, but it
+loads ``models/model.pt`` into ``network_def`` with an unrestricted ``torch.load`` and writes results
+with MONAI's 3-D writer. Here the model file (FP32 or the INT8 artefact) is built by the engine's own
+loader (``weights_only``), the bundle's ``LoadCXRd`` reads PNG/JPEG and squeezes the single-slice
+NIfTI Slicer uploads, and the writer puts the label back in the input's geometry.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+from monai.transforms import SqueezeDimd
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.utils.others.class_utils import unload_module
+
+from .writer import write_label
+
+# post-processing steps of inference.json the server replaces (it writes results itself)
+_SERVER_WRITES = ("SaveCXRMaskd",)
+
+
+def labels_from_metadata(metadata: dict[str, Any]) -> dict[str, int]:
+    """Label name -> value in the result, from the output ``channel_def`` of the bundle's metadata.
+
+    A sigmoid output without a background channel (ours: {"0": "lung"}) gives channel k the value
+    k + 1, since 0 is background in the label map; with a background channel, channel k is value k.
+    """
+    channels = metadata["network_data_format"]["outputs"]["pred"].get("channel_def", {})
+    has_background = any(v.lower() == "background" for v in channels.values())
+    offset = 0 if has_background else 1
+    return {v.lower(): int(k) + offset for k, v in channels.items() if v.lower() != "background"}
+
+
+class AdaQATInferTask(BundleInferTask):
+    """One model file of the bundle (``models/model.pt`` or ``models/model_int8.pt``) as a MONAI Label model."""
+
+    def __init__(self, bundle_path: str, model_file: str, conf: dict[str, str], labels: dict[str, int],
+                 description: str = "") -> None:
+        super().__init__(bundle_path, conf, add_post_restore=False, load_strict=True, type="segmentation")
+        if not self.valid:  # no inference config or no models/model.pt: BundleInferTask logged why
+            return
+        model_path = os.path.join(bundle_path, "models", model_file)
+        self.path = [model_path]
+        self.labels = labels
+        if description:
+            self.description = description
+        # one model per task: the bundle-wide model picker would let a request swap FP32 and INT8
+        self._config.pop("model_filename", None)
+
+    def is_valid(self) -> bool:
+        return self.valid and all(os.path.isfile(p) for p in self.path)
+
+    def post_transforms(self, data: Any = None) -> Sequence[Callable]:
+        post = [t for t in super().post_transforms(data) if type(t).__name__ not in _SERVER_WRITES]
+        # (1, H, W) -> (H, W): a 2-D label, not a one-slice volume
+        return [*post, SqueezeDimd(keys="pred", dim=0)]
+
+    def _get_network(self, device: Any, data: Any) -> Any:
+        """The engine's loader (FP32 or INT8 by content, ``weights_only``), cached until the file changes."""
+        path = self.get_path()
+        if not path:
+            raise MONAILabelException(MONAILabelError.INFERENCE_ERROR, f"model file {self.path} does not exist")
+        mtime = os.stat(path).st_mtime
+        cached = self._networks.get(device)
+        if cached and cached[1] == mtime:
+            return cached[0]
+        sys.path.insert(0, self.bundle_path)
+        try:
+            unload_module("scripts")
+            from scripts.export import load_model
+
+            network = load_model(path, device=device)
+        finally:
+            sys.path.remove(self.bundle_path)
+        self._networks[device] = (network, mtime)
+        return network
+
+    def writer(self, data: dict[str, Any], extension: str | None = None, dtype: str | None = None) -> tuple[str, dict]:
+        path = write_label(data[self.output_label_key], data["image_path"],
+                           extension or data.get("result_extension"), dtype or data.get("result_dtype"))
+        return path, {"label_names": self.labels, "model_file": os.path.basename(self.get_path() or "")}
+
+
+__all__ = ["AdaQATInferTask", "labels_from_metadata"]

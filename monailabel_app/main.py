@@ -1,0 +1,86 @@
+"""MONAI Label app serving the AdaQAT bundle: FP32 and INT8 lung segmentation, and fine-tuning.
+
+Start it with ``scripts/monailabel_server.sh`` (binds 127.0.0.1, works offline). The bundle is the
+repository's ``monai_bundle/`` unless ``--conf bundle_path <folder>`` names another copy (an unzipped
+zoo package, say); its ``models/`` folder holds the served ``model.pt`` and ``model_int8.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.train import TrainTask
+
+from lib.errors import bad_extension, input_error, suffix, unknown_image, unknown_model
+from lib.infer import AdaQATInferTask, labels_from_metadata
+from lib.train import AdaQATTrainTask
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
+# model name -> (file in the bundle's models/, description)
+MODELS = {
+    "adaqat_fp32": ("model.pt", "AdaLoRA-adapted SAM, merged FP32 weights"),
+    "adaqat_int8": ("model_int8.pt", "AdaLoRA-QAT SAM, real INT8 weights (CPU integer kernels)"),
+}
+# what the engine reads (scripts.cxr_io.SUPPORTED_SUFFIXES); uploads of other types are refused with 400
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz", ".nrrd", ".nhdr")
+
+
+class AdaQATApp(MONAILabelApp):
+    """Models ``adaqat_fp32`` / ``adaqat_int8`` and trainer ``adaqat_fp32``; labels and dimension from the bundle."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        self.bundle_path = str(Path(conf.get("bundle_path", DEFAULT_BUNDLE)).resolve())
+        metadata = json.loads((Path(self.bundle_path) / "configs" / "metadata.json").read_text())
+        self.bundle_labels = labels_from_metadata(metadata)
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="AdaQAT lung segmentation",
+            description=f"{metadata['name']}: {metadata['task']}. {metadata['intended_use']}",
+            version=metadata["version"],
+            labels=self.bundle_labels,
+        )
+
+    def init_infers(self) -> dict[str, InferTask]:
+        infers: dict[str, InferTask] = {}
+        for name, (file, description) in MODELS.items():
+            if not (Path(self.bundle_path) / "models" / file).is_file():
+                logger.warning("model %s not served: %s/models/%s is missing", name, self.bundle_path, file)
+                continue
+            task = AdaQATInferTask(self.bundle_path, file, self.conf, self.bundle_labels, description)
+            if task.is_valid():
+                infers[name] = task
+        return infers
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        task = AdaQATTrainTask(self.bundle_path, self.conf)
+        return {"adaqat_fp32": task} if task.is_valid() else {}
+
+    def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
+        """MONAI Label's infer, with bad requests answered 4xx (see lib/errors.py) instead of 500."""
+        model = request.get("model")
+        if model not in self._infers:
+            raise unknown_model(model, list(self._infers))
+        image = request.get("image")
+        if isinstance(image, str):
+            if os.path.isfile(image):  # an upload (a server temp file named with the client's suffix)
+                if suffix(image) not in IMAGE_SUFFIXES:
+                    raise bad_extension(suffix(image) or "(none)", IMAGE_SUFFIXES)
+            elif image not in (datastore or self.datastore()).list_images():
+                raise unknown_image(image)
+        try:
+            return super().infer(request, datastore)
+        except Exception as exc:
+            mapped = input_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc

@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""Package the bundle the way the MONAI model zoo distributes it, and run the zoo's checks offline.
+
+Why: model users fetch bundles with ``python -m monai.bundle download``, which expects a release asset
+``<name>_v<version>.zip`` holding one top-level ``<name>/`` folder. The zip must be self-contained
+(configs, the bundle's own ``scripts/``, docs, licence and the weights), with every weight listed in
+``large_files.yml`` with its md5, and the version in ``configs/metadata.json`` present in its changelog.
+
+Usage (from the repository root, in the core ``.venv``)::
+
+    .venv/bin/python scripts/package_bundle.py --models runs/sample/models -o dist
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "monai_bundle"
+SCHEMA = REPO / "scripts" / "resources" / "meta_schema_20240725.json"
+SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"
+NAME = "adaqat_cxr_lung"
+WEIGHTS = ("model.pt", "model_int8.pt")
+DEFAULT_URL = "https://github.com/adaqat/adaqat-cxr/releases/download/{name}_v{version}/{file}"
+# what the zoo's CI requires of every bundle (model-zoo ci/verify_bundle.py) plus what ours ships
+REQUIRED_FILES = ("LICENSE", "configs/metadata.json", "configs/inference.json", "configs/train.json",
+                  "configs/evaluate.json", "configs/logging.conf", "docs/README.md", "docs/data_license.txt",
+                  "large_files.yml", "scripts/__init__.py")
+# run outputs and caches a working bundle folder may hold; never shipped
+EXCLUDED = ("runs", "eval", "predictions", "__pycache__", ".pytest_cache")
+TRAIN_PROPERTIES_CONFIG = "configs/train.json"
+INFER_PROPERTIES_CONFIG = "configs/inference.json"
+
+
+class PackageError(RuntimeError):
+    """The bundle cannot be packaged or fails a zoo check; the message says which."""
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_metadata(bundle: Path) -> dict[str, Any]:
+    """metadata.json, with the version/changelog consistency the zoo checks."""
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    version = meta.get("version")
+    if not version or version not in meta.get("changelog", {}):
+        raise PackageError(f"metadata.json: version {version!r} has no entry in its changelog")
+    return meta
+
+
+def _copy_tree(bundle: Path, dest: Path) -> None:
+    shutil.copytree(bundle, dest, ignore=lambda _d, names: [n for n in names if n in EXCLUDED or n.endswith(".pyc")])
+    models = dest / "models"
+    models.mkdir(exist_ok=True)
+    for stale in models.iterdir():  # weights come only from --models, never from leftovers
+        if stale.is_file():
+            stale.unlink()
+
+
+def large_files_yaml(entries: list[dict[str, str]]) -> str:
+    """``large_files.yml`` text in the zoo's layout (path, url, hash_val, hash_type per file)."""
+    import yaml  # imported here: PyYAML comes with monai's bundle tools, not the standard library
+
+    return yaml.safe_dump({"large_files": entries}, sort_keys=False)
+
+
+def stage_bundle(bundle: Path, models: Path, dest: Path, name: str, url: str) -> dict[str, Any]:
+    """Copy the bundle into ``dest/<name>`` with the weights from ``models``; returns the metadata."""
+    meta = read_metadata(bundle)
+    root = dest / name
+    _copy_tree(bundle, root)
+    entries = []
+    for file in WEIGHTS:
+        src = models / file
+        if not src.is_file():
+            raise PackageError(f"{src}: weight file missing (train or export the model first)")
+        shutil.copy2(src, root / "models" / file)
+        entries.append({"path": f"models/{file}", "url": url.format(name=name, version=meta["version"], file=file),
+                        "hash_val": md5sum(src), "hash_type": "md5"})
+    import yaml
+
+    shipped = {e["path"] for e in entries}
+    # other entries (the official SAM checkpoint for --arch vit_b) stay listed as the repo has them
+    others = [e for e in yaml.safe_load((bundle / "large_files.yml").read_text())["large_files"] if e["path"] not in shipped]
+    (root / "large_files.yml").write_text(large_files_yaml(entries + others))
+    return meta
+
+
+def check_required_files(root: Path) -> None:
+    missing = [f for f in REQUIRED_FILES if not (root / f).is_file()]
+    if missing:
+        raise PackageError(f"{root}: required bundle files missing: {missing}")
+
+
+def check_large_files(root: Path) -> None:
+    """Every weight shipped is listed with the md5 of the shipped bytes."""
+    import yaml
+
+    listed = {e["path"]: e for e in yaml.safe_load((root / "large_files.yml").read_text())["large_files"]}
+    for weight in sorted((root / "models").iterdir()):
+        entry = listed.get(f"models/{weight.name}")
+        if entry is None or entry.get("hash_type") != "md5" or entry.get("hash_val") != md5sum(weight):
+            raise PackageError(f"large_files.yml: models/{weight.name} not listed with its md5")
+
+
+def check_metadata_schema(root: Path) -> None:
+    """``verify_metadata`` against the repo's schema copy (no download: the file exists)."""
+    from monai.bundle import verify_metadata
+
+    try:
+        verify_metadata(meta_file=str(root / "configs" / "metadata.json"), filepath=str(SCHEMA), hash_val=SCHEMA_MD5)
+    except Exception as exc:  # monai raises ValueError for a schema violation
+        raise PackageError(f"metadata.json does not match the zoo schema: {exc}") from exc
+
+
+def check_net_in_out(root: Path) -> None:
+    """``verify_net_in_out``: network_def on a B x C x H x W input gives B x K x H x W (metadata shapes)."""
+    from monai.bundle import verify_net_in_out
+
+    with _on_path(root):
+        verify_net_in_out(net_id="network_def", meta_file=str(root / "configs" / "metadata.json"),
+                          config_file=str(root / INFER_PROPERTIES_CONFIG), device="cpu", n=1,
+                          bundle_root=str(root))
+
+
+def check_properties(root: Path) -> None:
+    """``ConfigWorkflow.check_properties`` for train and inference: the config ids the zoo requires exist."""
+    from monai.bundle import ConfigWorkflow
+
+    with _on_path(root):
+        for config, kind in ((TRAIN_PROPERTIES_CONFIG, "train"), (INFER_PROPERTIES_CONFIG, "infer")):
+            workflow = ConfigWorkflow(config_file=str(root / config), meta_file=str(root / "configs" / "metadata.json"),
+                                      workflow_type=kind, bundle_root=str(root))
+            missing = workflow.check_properties()
+            if missing:
+                raise PackageError(f"{config}: missing required {kind} properties {missing}")
+
+
+class _on_path:
+    """The bundle root first on ``sys.path`` (as its configs arrange), and its ``scripts`` modules forgotten after."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = str(root)
+
+    def __enter__(self) -> None:
+        sys.path.insert(0, self.root)
+
+    def __exit__(self, *exc: object) -> None:
+        sys.path.remove(self.root)
+        for mod in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+            del sys.modules[mod]
+
+
+def run_zoo_checks(root: Path) -> None:
+    """The model zoo's offline checks on a staged bundle folder; raises PackageError on the first failure."""
+    check_required_files(root)
+    check_large_files(root)
+    check_metadata_schema(root)
+    check_net_in_out(root)
+    check_properties(root)
+
+
+def zip_bundle(staging: Path, name: str, version: str, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{name}_v{version}.zip"
+    tmp = target.with_suffix(".zip.part")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted((staging / name).rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(staging).as_posix())
+    tmp.replace(target)
+    return target
+
+
+def package(models: Path, out_dir: Path, bundle: Path = BUNDLE, name: str = NAME, url: str = DEFAULT_URL,
+            checks: bool = True) -> Path:
+    """Stage, check and zip the bundle; returns ``out_dir/<name>_v<version>.zip``."""
+    with tempfile.TemporaryDirectory(prefix="adaqat-package-") as tmp:
+        staging = Path(tmp)
+        meta = stage_bundle(Path(bundle), Path(models), staging, name, url)
+        if checks:
+            run_zoo_checks(staging / name)
+        return zip_bundle(staging, name, meta["version"], Path(out_dir))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=Path, default=BUNDLE / "models",
+                        help="folder holding model.pt and model_int8.pt (default: the bundle's models/)")
+    parser.add_argument("-o", "--out", type=Path, default=REPO / "dist", help="output folder (default: dist/)")
+    parser.add_argument("--name", default=NAME, help=f"bundle name in the zip (default: {NAME})")
+    parser.add_argument("--url", default=DEFAULT_URL,
+                        help="download URL template of each weight for large_files.yml ({name}, {version}, {file})")
+    parser.add_argument("--skip-checks", action="store_true", help="do not run the zoo checks")
+    args = parser.parse_args(argv)
+    try:
+        target = package(args.models, args.out, name=args.name, url=args.url, checks=not args.skip_checks)
+    except PackageError as exc:
+        print(f"package_bundle: {exc}", file=sys.stderr)
+        return 1
+    print(target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
