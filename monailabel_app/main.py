@@ -37,8 +37,8 @@ class AdaQATApp(MONAILabelApp):
     """Models ``adaqat_fp32`` / ``adaqat_int8`` and trainer ``adaqat_fp32``; labels and dimension from the bundle."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
-        self.bundle_path = str(Path(conf.get("bundle_path", DEFAULT_BUNDLE)).resolve())
-        metadata = json.loads((Path(self.bundle_path) / "configs" / "metadata.json").read_text())
+        self.adaqat_bundle = str(Path(conf.get("bundle_path", DEFAULT_BUNDLE)).resolve())
+        metadata = json.loads((Path(self.adaqat_bundle) / "configs" / "metadata.json").read_text())
         self.bundle_labels = labels_from_metadata(metadata)
         super().__init__(
             app_dir=app_dir,
@@ -53,16 +53,16 @@ class AdaQATApp(MONAILabelApp):
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}
         for name, (file, description) in MODELS.items():
-            if not (Path(self.bundle_path) / "models" / file).is_file():
-                logger.warning("model %s not served: %s/models/%s is missing", name, self.bundle_path, file)
+            if not (Path(self.adaqat_bundle) / "models" / file).is_file():
+                logger.warning("model %s not served: %s/models/%s is missing", name, self.adaqat_bundle, file)
                 continue
-            task = AdaQATInferTask(self.bundle_path, file, self.conf, self.bundle_labels, description)
+            task = AdaQATInferTask(self.adaqat_bundle, file, self.conf, self.bundle_labels, description)
             if task.is_valid():
                 infers[name] = task
         return infers
 
     def init_trainers(self) -> dict[str, TrainTask]:
-        task = AdaQATTrainTask(self.bundle_path, self.conf)
+        task = AdaQATTrainTask(self.adaqat_bundle, self.conf)
         return {"adaqat_fp32": task} if task.is_valid() else {}
 
     def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
@@ -71,8 +71,10 @@ class AdaQATApp(MONAILabelApp):
         if model not in self._infers:
             raise unknown_model(model, list(self._infers))
         image = request.get("image")
+        upload = None
         if isinstance(image, str):
-            if os.path.isfile(image):  # an upload (a server temp file named with the client's suffix)
+            if os.path.isfile(image):
+                upload = image  # an upload (a server temp file named with the client's suffix)
                 if suffix(image) not in IMAGE_SUFFIXES:
                     raise bad_extension(suffix(image) or "(none)", IMAGE_SUFFIXES)
             elif image not in (datastore or self.datastore()).list_images():
@@ -80,7 +82,7 @@ class AdaQATApp(MONAILabelApp):
         try:
             return super().infer(request, datastore)
         except Exception as exc:
-            mapped = input_error(exc)
+            mapped = input_error(exc, upload)
             if mapped is None:
                 raise
             raise mapped from exc

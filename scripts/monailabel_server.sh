@@ -27,5 +27,6 @@ export MONAI_LABEL_DATASTORE_AUTO_RELOAD=${MONAI_LABEL_DATASTORE_AUTO_RELOAD:-tr
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-file://$repo/.monailabel/mlruns}
 export MONAI_LABEL_APP_DIR="$repo/monailabel_app"
 cd "$repo"
-exec "$repo/.venv-monailabel/bin/monailabel" start_server --app "$repo/monailabel_app" --studies "$studies" \
+# the `monailabel` launcher runs whatever `python` is first on PATH: call the module with the env's python
+exec "$repo/.venv-monailabel/bin/python" -m monailabel.main start_server --app "$repo/monailabel_app" --studies "$studies" \
   --host "$host" --port "$port" --conf zoo_source github --conf sam2 false "${args[@]}"

@@ -35,8 +35,11 @@ def suffix(path: str) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
-def input_error(exc: BaseException) -> HTTPException | None:
-    """422 for an unusable input (corrupt, empty, 3-D...) found anywhere in the exception chain, else None."""
+def input_error(exc: BaseException, upload: str | None = None) -> HTTPException | None:
+    """422 for an unusable input (corrupt, empty, 3-D...) found anywhere in the exception chain, else None.
+
+    ``upload``: the server's temporary copy of an uploaded file, named "uploaded image" in the message.
+    """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -44,15 +47,13 @@ def input_error(exc: BaseException) -> HTTPException | None:
         if isinstance(current, HTTPException):
             return current
         if type(current).__name__ in INPUT_ERRORS:
-            return HTTPException(status_code=422, detail=_without_temp_path(str(current)))
+            message = str(current)
+            if upload:
+                message = message.replace(f"'{upload}'", "the upload").replace(upload, "uploaded image")
+            return HTTPException(status_code=422, detail=message)
         current = current.__cause__ or current.__context__
     return None
 
-
-def _without_temp_path(message: str) -> str:
-    """The engine names the file; for an upload that is a server temp path, meaningless to the client."""
-    head, sep, tail = message.partition(": ")
-    return f"uploaded image: {tail}" if sep and "/tmp" in head else message
 
 
 __all__ = ["bad_extension", "input_error", "suffix", "unknown_image", "unknown_model"]
