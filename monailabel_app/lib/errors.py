@@ -7,9 +7,9 @@ mapped here; anything else stays a 500 and the server keeps serving.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import HTTPException
+
+from .writer import suffix
 
 # Exception class names of the engine (scripts.cxr_io.CXRInputError) matched by name: the bundle's
 # ``scripts`` modules are reloaded per request by MONAI Label, so class identity is not stable.
@@ -29,14 +29,10 @@ def bad_extension(name: str, supported: tuple[str, ...], what: str = "image") ->
                          detail=f"unsupported {what} type {name!r}; supported: {', '.join(supported)}")
 
 
-def suffix(path: str) -> str:
-    """Lower-case suffix, ``.nii.gz`` kept whole."""
-    name = Path(path).name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
-
-
 def input_error(exc: BaseException, upload: str | None = None) -> HTTPException | None:
-    """422 for an unusable input (corrupt, empty, 3-D...) found anywhere in the exception chain, else None.
+    """The 4xx for an error found anywhere in the exception chain, else None (a server fault: 500).
+
+    422 for an unusable input (corrupt, empty, 3-D...), 400 for a result type the writer cannot make.
 
     ``upload``: the server's temporary copy of an uploaded file, named "uploaded image" in the message.
     """
@@ -46,6 +42,8 @@ def input_error(exc: BaseException, upload: str | None = None) -> HTTPException 
         seen.add(id(current))
         if isinstance(current, HTTPException):
             return current
+        if type(current).__name__ == "UnsupportedResult":
+            return HTTPException(status_code=400, detail=str(current))
         if type(current).__name__ in INPUT_ERRORS:
             message = str(current)
             if upload:

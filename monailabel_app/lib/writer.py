@@ -1,5 +1,6 @@
 """The label a client gets back: uint8 label values in the geometry of the image it sent.
 
+Plain numpy/SimpleITK/PIL (no MONAI Label import), so it is unit-tested in the core environment.
 Why not MONAI Label's ``Writer``: it writes the post-processed tensor with the affine of MONAI's
 loader, while our studies are loaded as 2-D (a single-slice NIfTI squeezed, a PNG with no geometry).
 Here the label goes back with the input's own size, spacing, origin and direction, singleton axes
@@ -16,11 +17,19 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import bad_extension, suffix
+
+class UnsupportedResult(ValueError):
+    """A result extension or dtype the writer cannot produce (answered 400 by the app)."""
 
 RESULT_EXTENSIONS = (".nrrd", ".nii.gz", ".nii", ".png")
 RESULT_DTYPES = {"uint8": np.uint8, "uint16": np.uint16}
 _VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr")
+
+
+def suffix(path: str | os.PathLike) -> str:
+    """Lower-case suffix, ``.nii.gz`` kept whole."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
 def _as_2d(mask: Any) -> np.ndarray:
@@ -53,7 +62,7 @@ def result_extension(reference: str, requested: str | None) -> str:
     if requested:
         ext = requested if requested.startswith(".") else "." + requested
         if ext.lower() not in RESULT_EXTENSIONS:
-            raise bad_extension(requested, RESULT_EXTENSIONS, what="result_extension")
+            raise UnsupportedResult(f"unsupported result_extension {requested!r}; supported: {', '.join(RESULT_EXTENSIONS)}")
         return ext.lower()
     ref_suffix = suffix(reference)
     return ".nrrd" if ref_suffix in (".nrrd", ".nhdr") else ".nii.gz" if ref_suffix in _VOLUME_SUFFIXES else ".png"
@@ -64,7 +73,7 @@ def write_label(mask: Any, reference: str | os.PathLike, extension: str | None =
     """Write ``mask`` (label values, (H, W)) like ``reference``; returns the path of a new temporary file."""
     ext = result_extension(str(reference), extension)
     if (dtype or "uint8") not in RESULT_DTYPES:
-        raise bad_extension(str(dtype), tuple(RESULT_DTYPES), what="result_dtype")
+        raise UnsupportedResult(f"unsupported result_dtype {dtype!r}; supported: {', '.join(RESULT_DTYPES)}")
     label = _as_2d(mask).astype(RESULT_DTYPES[dtype or "uint8"])
     geometry = reference_geometry(reference)
     size = tuple(int(s) for s in geometry["size"])
@@ -88,4 +97,4 @@ def write_label(mask: Any, reference: str | os.PathLike, extension: str | None =
     return path
 
 
-__all__ = ["RESULT_DTYPES", "RESULT_EXTENSIONS", "reference_geometry", "result_extension", "write_label"]
+__all__ = ["UnsupportedResult", "suffix", "RESULT_DTYPES", "RESULT_EXTENSIONS", "reference_geometry", "result_extension", "write_label"]
