@@ -136,14 +136,36 @@ def check_net_in_out(root: Path) -> None:
                           bundle_root=str(root))
 
 
+def _probe_dataset(folder: Path) -> Path:
+    """Three synthetic image/mask pairs: what the configs' screened datalists need to instantiate offline."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(3):
+        image = rng.integers(0, 255, (64, 64), dtype=np.uint8)
+        mask = np.zeros((64, 64), np.uint8)
+        mask[16:48, 8 + i : 28 + i] = 255
+        Image.fromarray(image).save(folder / "images" / f"probe{i}.png")
+        Image.fromarray(mask).save(folder / "masks" / f"probe{i}.png")
+    return folder
+
+
 def check_properties(root: Path) -> None:
-    """``ConfigWorkflow.check_properties`` for train and inference: the config ids the zoo requires exist."""
+    """``ConfigWorkflow.check_properties`` for train and inference: the config ids the zoo requires exist
+    and instantiate (on a synthetic probe dataset, outputs to a temporary folder)."""
     from monai.bundle import ConfigWorkflow
 
-    with _on_path(root):
+    with _on_path(root), tempfile.TemporaryDirectory(prefix="adaqat-probe-") as tmp:
+        data = _probe_dataset(Path(tmp) / "data")
+        runs = {"train": {"dataset_dir": str(data), "run_dir": f"{tmp}/run", "device": "cpu"},
+                "infer": {"dataset_dir": str(data / "images"), "output_dir": f"{tmp}/pred", "device": "cpu"}}
         for config, kind in ((TRAIN_PROPERTIES_CONFIG, "train"), (INFER_PROPERTIES_CONFIG, "infer")):
             workflow = ConfigWorkflow(config_file=str(root / config), meta_file=str(root / "configs" / "metadata.json"),
-                                      workflow_type=kind, bundle_root=str(root))
+                                      workflow_type=kind, bundle_root=str(root), **runs[kind])
+            workflow.initialize()
             missing = workflow.check_properties()
             if missing:
                 raise PackageError(f"{config}: missing required {kind} properties {missing}")
