@@ -29,7 +29,7 @@ SCHEMA = REPO / "scripts" / "resources" / "meta_schema_20240725.json"
 SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"
 NAME = "adaqat_cxr_lung"
 WEIGHTS = ("model.pt", "model_int8.pt")
-DEFAULT_URL = "https://github.com/adaqat/adaqat-cxr/releases/download/{name}_v{version}/{file}"
+DEFAULT_URL = "https://github.com/adaqat/adaqat-cxr/releases/download/v{version}/{file}"  # as large_files.yml
 # what the zoo's CI requires of every bundle (model-zoo ci/verify_bundle.py) plus what ours ships
 REQUIRED_FILES = ("LICENSE", "configs/metadata.json", "configs/inference.json", "configs/train.json",
                   "configs/evaluate.json", "configs/logging.conf", "docs/README.md", "docs/data_license.txt",

@@ -113,7 +113,7 @@ def test_package_layout(package_zip, metadata):
         for weight in ("models/model.pt", "models/model_int8.pt"):
             assert entries[weight]["hash_type"] == "md5"
             assert entries[weight]["hash_val"] == hashlib.md5(zf.read(f"{NAME}/{weight}")).hexdigest()
-            assert entries[weight]["url"].endswith(f"/{NAME}_v{metadata['version']}/{Path(weight).name}")
+            assert entries[weight]["url"].endswith(f"/v{metadata['version']}/{Path(weight).name}")
 
 
 def _check_venv(metadata: dict) -> Path:
@@ -211,8 +211,9 @@ def test_download_from_file_url(package_zip, metadata, tmp_path):
 
 @pytest.mark.e2e
 def test_download_from_github_release_layout_on_loopback(package_zip, metadata, tmp_path):
-    """The asset path GitHub serves releases under, from a local folder on 127.0.0.1."""
-    tag = f"{NAME}_v{metadata['version']}"
+    """The asset path GitHub serves releases under (what `--source github --repo owner/repo/tag` fetches),
+    from a local folder on 127.0.0.1."""
+    tag = f"v{metadata['version']}"
     release = tmp_path / "site" / "adaqat" / "adaqat-cxr" / "releases" / "download" / tag
     release.mkdir(parents=True)
     shutil.copy(package_zip, release / package_zip.name)
