@@ -26,6 +26,8 @@ done
 export MONAI_LABEL_DATASTORE_AUTO_RELOAD=${MONAI_LABEL_DATASTORE_AUTO_RELOAD:-true}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-file://$repo/.monailabel/mlruns}
 export MONAI_LABEL_APP_DIR="$repo/monailabel_app"
+# server state (sessions) in the repo's ignored .monailabel/, not in the user's home
+export MONAI_LABEL_SESSION_PATH=${MONAI_LABEL_SESSION_PATH:-$repo/.monailabel/sessions}
 cd "$repo"
 # the `monailabel` launcher runs whatever `python` is first on PATH: call the module with the env's python
 exec "$repo/.venv-monailabel/bin/python" -m monailabel.main start_server --app "$repo/monailabel_app" --studies "$studies" \
