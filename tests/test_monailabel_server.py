@@ -175,6 +175,22 @@ def test_infer_single_slice_nifti_restores_geometry(server, studies, tmp_path, m
     assert dice(sitk.GetArrayFromImage(result)[0], reference) > 0.8
 
 
+def test_infer_dicom_upload(server, studies, tmp_path):
+    """A DICOM DX upload is read by the engine in the MONAI Label env too (pydicom < 3 there)."""
+    from dicom_writer import make_dicom
+    from PIL import Image
+    from scripts.cxr_io import read_mask
+
+    client, _ = server
+    item = studies["items"][-1]
+    pixels = np.asarray(Image.open(item["image"]).convert("L")).astype(np.uint16) * 16
+    upload = make_dicom(tmp_path / "study.dcm", pixels)
+    result = _read_result(_record("infer_dicom_int8", client.infer("adaqat_int8", file=upload, params=SLICER_PARAMS)))
+    arr = sitk.GetArrayFromImage(result)
+    assert arr.shape == pixels.shape
+    assert dice(arr, read_mask(item["label"])) > 0.8
+
+
 def test_infer_reports_server_latencies(server, studies):
     client, _ = server
     reply = _record("infer_json_int8", client.infer("adaqat_int8", image=studies["unlabelled"].stem, output="json"))

@@ -188,7 +188,11 @@ def _read_pil(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 def _read_dicom(path: Path, rescale: bool) -> tuple[np.ndarray, dict[str, Any]]:
     import pydicom
-    from pydicom.pixels import apply_modality_lut
+
+    try:
+        from pydicom.pixels import apply_modality_lut
+    except ImportError:  # pydicom < 3, as pinned beside monailabel (.venv-monailabel)
+        from pydicom.pixel_data_handlers.util import apply_modality_lut
 
     try:
         ds = pydicom.dcmread(path)
