@@ -187,8 +187,9 @@ def test_infer_dicom_upload(server, studies, tmp_path):
     upload = make_dicom(tmp_path / "study.dcm", pixels)
     result = _read_result(_record("infer_dicom_int8", client.infer("adaqat_int8", file=upload, params=SLICER_PARAMS)))
     arr = sitk.GetArrayFromImage(result)
-    assert arr.shape == pixels.shape
-    assert dice(arr, read_mask(item["label"])) > 0.8
+    assert result.GetSize()[:2] == pixels.shape[::-1] and arr.size == pixels.size  # one slice, as ITK reads the DICOM
+    assert np.allclose(result.GetSpacing()[:2], (0.25, 0.5))  # PixelSpacing (row, column) -> (x, y)
+    assert dice(arr.reshape(pixels.shape), read_mask(item["label"])) > 0.8
 
 
 def test_infer_reports_server_latencies(server, studies):

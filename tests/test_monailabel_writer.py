@@ -69,6 +69,18 @@ def test_single_slice_volume_geometry_restored(tmp_path, size):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(img).reshape(30, 20), _label())
 
 
+def test_dicom_reference_geometry(tmp_path):
+    """A DICOM radiograph: size and PixelSpacing as ITK reads them, label in the pixel grid."""
+    from dicom_writer import make_dicom
+
+    ref = make_dicom(tmp_path / "cxr.dcm", np.zeros((30, 20), np.uint16))
+    out = writer.write_label(_label(), ref, ".nrrd", "uint8", out_dir=str(tmp_path))
+    img = sitk.ReadImage(out)
+    assert img.GetSize()[:2] == (20, 30)
+    assert np.allclose(img.GetSpacing()[:2], (0.25, 0.5))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(img).reshape(30, 20), _label())
+
+
 def test_nifti_reference_default_extension(tmp_path):
     ref = tmp_path / "slice.nii.gz"
     sitk.WriteImage(sitk.Image((20, 30, 1), sitk.sitkUInt8), str(ref))

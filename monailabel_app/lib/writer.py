@@ -24,6 +24,7 @@ class UnsupportedResult(ValueError):
 RESULT_EXTENSIONS = (".nrrd", ".nii.gz", ".nii", ".png")
 RESULT_DTYPES = {"uint8": np.uint8, "uint16": np.uint16}
 _VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr")
+_DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
 def suffix(path: str | os.PathLike) -> str:
@@ -42,9 +43,10 @@ def _as_2d(mask: Any) -> np.ndarray:
 
 
 def reference_geometry(reference: str | os.PathLike) -> dict[str, Any]:
-    """Size (x, y[, z]), spacing, origin and direction of the input; a PNG/JPEG is 2-D with unit spacing."""
+    """Size (x, y[, z]), spacing, origin and direction of the input (ITK's reading of NIfTI, NRRD and DICOM);
+    a PNG/JPEG is 2-D with unit spacing."""
     ref = str(reference)
-    if suffix(ref) in _VOLUME_SUFFIXES:
+    if suffix(ref) in _VOLUME_SUFFIXES + _DICOM_SUFFIXES:  # a DICOM radiograph is a one-slice volume to ITK
         reader = sitk.ImageFileReader()
         reader.SetFileName(ref)
         reader.ReadImageInformation()
