@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,8 @@ class AdaQATApp(MONAILabelApp):
         image = request.get("image")
         upload = None
         if isinstance(image, str):
-            if os.path.isfile(image):
-                upload = image  # an upload (a server temp file named with the client's suffix)
+            if os.path.isfile(image) and self._served_file(image):
+                upload = image  # an upload (a server temp file named with the client's suffix) or a session's image
                 if suffix(image) not in IMAGE_SUFFIXES:
                     raise bad_extension(suffix(image) or "(none)", IMAGE_SUFFIXES)
             elif image not in (datastore or self.datastore()).list_images():
@@ -86,3 +87,15 @@ class AdaQATApp(MONAILabelApp):
             if mapped is None:
                 raise
             raise mapped from exc
+
+    def _served_file(self, path: str) -> bool:
+        """Whether a server-side path may be read: uploads (temp folder), studies, sessions only.
+
+        MONAI Label reads any existing path given as ``image``; a client must not make it read other files.
+        """
+        real = os.path.realpath(path)
+        # MONAI Label stores an upload as tempfile.NamedTemporaryFile(suffix=<client's suffix>): tmpXXXX<suffix>
+        if os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and os.path.basename(real).startswith("tmp"):
+            return True
+        roots = [os.path.realpath(r) for r in (self.studies, getattr(self._sessions, "store_path", None)) if r]
+        return any(os.path.commonpath([real, root]) == root for root in roots)

@@ -207,6 +207,7 @@ def test_infer_reports_server_latencies(server, studies):
     [
         ("unknown_model", 404, "unknown model"),
         ("unknown_study", 404, "no study"),
+        ("server_path", 404, "no study"),
         ("corrupt_png", 422, "uploaded image"),
         ("volume_3d", 422, "3-D volume"),
         ("bad_extension", 400, "unsupported image type"),
@@ -220,6 +221,8 @@ def test_bad_requests_get_4xx_and_server_stays_healthy(server, studies, tmp_path
         reply = client.infer("no_such_model", image=study)
     elif case == "unknown_study":
         reply = client.infer("adaqat_fp32", image="no_such_study")
+    elif case == "server_path":  # MONAI Label would read any existing server file named as the image
+        reply = client.infer("adaqat_fp32", image=str(REPO / "README.md"))
     elif case == "corrupt_png":
         reply = client.infer("adaqat_fp32", file=("xray.png", b"\x89PNG\r\n\x1a\n" + os.urandom(300)))
     elif case == "volume_3d":
