@@ -50,7 +50,11 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(jsrt_dir, tm
     park = ("$@train#trainer.add_event_handler(ignite.engine.Events.ITERATION_COMPLETED(once=@iterations_per_epoch + 2), "
             f"lambda e: (open({str(marker)!r}, 'w').close(), sys.modules['time'].sleep(600)))")
     train_run = json.loads((BUNDLE_ROOT / "configs" / "train.json").read_text())["run"]
-    child = subprocess.Popen([sys.executable, str(CHILD), str(_spec(tmp_path, "killed", {**overrides(killed_dir), "run": [park, *train_run]}))],
+    # the hook goes after the config's first run entry (set_determinism): resolving it builds the trainer
+    # and network, which must happen with the seeded generators, as in the reference run
+    assert "set_determinism" in train_run[0]
+    killed_run = [train_run[0], park, *train_run[1:]]
+    child = subprocess.Popen([sys.executable, str(CHILD), str(_spec(tmp_path, "killed", {**overrides(killed_dir), "run": killed_run}))],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not marker.exists():
