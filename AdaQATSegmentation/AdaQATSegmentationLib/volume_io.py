@@ -70,16 +70,37 @@ def lps_geometry(volume_node: Any) -> dict[str, np.ndarray]:
     return {"origin": _RAS_TO_LPS @ m[:3, 3], "spacing": spacing, "direction": direction}
 
 
+INVERTED_GREY = "vtkMRMLColorTableNodeInvertedGrey"
+
+
+def displays_inverted(volume_node: Any) -> bool:
+    """True when the volume is shown with Slicer's inverted grey table (a MONOCHROME1 DICOM, where high
+    values are dark): the model expects bone bright, as the engine makes it when it reads such a DICOM."""
+    display = volume_node.GetDisplayNode()
+    return display is not None and display.GetColorNodeID() == INVERTED_GREY
+
+
 def write_volume(volume_node: Any, path: str | Path) -> Path:
-    """Write the checked input volume to ``path`` (.nrrd or .nii.gz) with its geometry; returns the path."""
+    """Write the checked input volume to ``path`` (.nrrd or .nii.gz) with its geometry; returns the path.
+
+    A volume displayed inverted (MONOCHROME1) is written with its values flipped, so the file looks like
+    what the user sees; the node itself is left untouched.
+    """
     import slicer
 
     check_radiograph_volume(volume_node)
     path = Path(path)
+    source = volume_node
+    if displays_inverted(volume_node):
+        array = slicer.util.arrayFromVolume(volume_node)
+        source = slicer.vtkMRMLScalarVolumeNode()
+        source.SetName(volume_node.GetName())
+        source.CopyOrientation(volume_node)
+        slicer.util.updateVolumeFromArray(source, (array.max() - array + array.min()).astype(array.dtype))
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetFileName(str(path))
     storage.SetUseCompression(0)
-    if not storage.WriteData(volume_node) or not path.is_file():
+    if not storage.WriteData(source) or not path.is_file():
         raise OSError(f"could not write {_node_label(volume_node)} to {path}")
     return path
 
