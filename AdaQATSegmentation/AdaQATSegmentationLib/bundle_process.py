@@ -25,7 +25,9 @@ _OOM_PATTERNS = re.compile(r"out of memory|OutOfMemoryError|MemoryError|DefaultC
 _MISSING_MODULE = re.compile(r"No module named '([^']+)'")
 _TQDM_FRACTION = re.compile(r"\[(\d+)/(\d+)\]")
 # Coarse milestones of an inference run, for the progress bar (fraction of the whole run).
-_MILESTONES = ((re.compile(r"masks written to"), 1.0),)
+_MILESTONES = ((re.compile(r"Setting logging properties"), 0.05),  # the bundle's config is parsed
+               (re.compile(r"Engine run resuming"), 0.1),  # the model is loaded, inference starts
+               (re.compile(r"masks written to"), 1.0))
 
 
 class BundleRunError(RuntimeError):
@@ -50,6 +52,16 @@ class MissingDependencyError(BundleRunError):
 
 class BundleCancelled(BundleRunError):
     """The user pressed Cancel; the process group was stopped."""
+
+
+def error_summary(lines: Sequence[str]) -> str:
+    """The engine's last ``error:`` line with the indented lines under it (one per bad input), or the
+    last line: what the dialog shows before its details."""
+    for i in range(len(lines) - 1, -1, -1):
+        if "error:" in lines[i].lower() or "error" in lines[i].split(":", 1)[0].lower():
+            following = [l.strip() for l in lines[i + 1:i + 6] if l[:1].isspace()]
+            return " ".join([lines[i].strip(), *following])
+    return lines[-1].strip() if lines else ""
 
 
 def python_executable() -> str:
@@ -182,8 +194,7 @@ class BundleProcess:
         if returncode == 0:
             self.progress = 1.0
             return
-        error = next((l for l in reversed(self.lines) if "error" in l.lower()), "") or \
-            (self.lines[-1] if self.lines else "")
+        error = error_summary(self.lines)
         missing = _MISSING_MODULE.search(log)
         if _OOM_PATTERNS.search(log) or returncode in (-signal.SIGKILL if os.name != "nt" else -9, 137):
             raise BundleOutOfMemoryError(
@@ -194,8 +205,9 @@ class BundleProcess:
                                          log, module=missing.group(1))
         raise BundleRunError(f"the bundle failed (exit code {returncode}): {error.strip() or 'no output'}", log)
 
-    def wait(self, timeout_s: float | None = None, poll_s: float = 0.2) -> None:
-        """Block until the run ends (scripts, tests); raises like ``finish``. Timeout cancels the run."""
+    def wait(self, timeout_s: float | None = None, poll_s: float = 0.2, raise_errors: bool = True) -> None:
+        """Block until the run ends (scripts, tests); then ``finish`` unless ``raise_errors`` is False.
+        A timeout cancels the run."""
         start = time.monotonic()
         while self.running():
             self.poll()
@@ -203,7 +215,8 @@ class BundleProcess:
                 self.cancel()
                 break
             time.sleep(poll_s)
-        self.finish()
+        if raise_errors:
+            self.finish()
 
 
 def start_infer(bundle_root: str | Path, image: str | Path, output_dir: str | Path, **options) -> BundleProcess:

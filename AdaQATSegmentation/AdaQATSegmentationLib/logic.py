@@ -40,6 +40,7 @@ class RunHandle:
     request: SegmentationRequest
     process: bundle_process.BundleProcess
     workdir: Path
+    image: Path
     output_dir: Path
     box: tuple[float, float, float, float] | None = None
     log: list[str] = field(default_factory=list)
@@ -83,12 +84,16 @@ class AdaQATSegmentationLogic:
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
-        return RunHandle(request, process, workdir, output_dir, box)
+        return RunHandle(request, process, workdir, image, output_dir, box)
 
     def finish(self, handle: RunHandle) -> Any:
         """After the process ended: raise its error, or put the mask into the segmentation node."""
         try:
-            handle.process.finish()
+            try:
+                handle.process.finish()
+            except bundle_process.BundleRunError as exc:  # name the volume, not our temporary file
+                exc.args = (str(exc).replace(str(handle.image), f"volume '{handle.request.volume_node.GetName()}'"),)
+                raise
             masks = sorted(handle.output_dir.glob("*_mask.nrrd"))
             if len(masks) != 1:
                 raise bundle_process.BundleRunError(
@@ -105,9 +110,5 @@ class AdaQATSegmentationLogic:
     def run(self, request: SegmentationRequest, timeout_s: float | None = None) -> Any:
         """Blocking Apply for scripts and tests: start, wait, finish."""
         handle = self.start(request)
-        try:
-            handle.process.wait(timeout_s)
-        except bundle_process.BundleRunError:
-            shutil.rmtree(handle.workdir, ignore_errors=True)
-            raise
+        handle.process.wait(timeout_s, raise_errors=False)
         return self.finish(handle)
