@@ -65,7 +65,7 @@ class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
         self.logic = AdaQATSegmentationModuleLogic()
         for label in MODEL_LABELS:
             self.ui.modelComboBox.addItem(label)
-        self.ui.bundlePathLineEdit.currentPath = qt.QSettings().value(SETTINGS_BUNDLE, "")
+        self.ui.bundlePathLineEdit.currentPath = qt.QSettings().value(SETTINGS_BUNDLE, "") or ""
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.timeout.connect(self._poll)

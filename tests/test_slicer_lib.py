@@ -394,6 +394,13 @@ FAKE_CLI = textwrap.dedent("""
         print("ModuleNotFoundError: No module named 'monai'", flush=True); sys.exit(1)
     elif mode == "fail":
         print("adaqat infer: error: cxr.nrrd: image is blank (constant pixel values)", file=sys.stderr, flush=True); sys.exit(1)
+    elif mode in ("mask", "empty_mask"):  # write a mask as the engine does: input geometry, <stem>_mask.nrrd
+        import SimpleITK as sitk
+        image = sitk.ReadImage(sys.argv[2])
+        mask = sitk.Cast(image > 100, sitk.sitkUInt8) if mode == "mask" else sitk.Image(image.GetSize(), sitk.sitkUInt8)
+        mask.CopyInformation(image)
+        sitk.WriteImage(mask, os.path.join(sys.argv[4], os.path.basename(sys.argv[2])[:-5] + "_mask.nrrd"))
+        print("masks written to", sys.argv[4], flush=True)
     elif mode == "hang":
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
         open(os.environ["FAKE_PIDFILE"], "w").write(str(child.pid))
@@ -409,6 +416,28 @@ def fake_bundle(tmp_path):
     (root / "scripts" / "__init__.py").write_text("")
     (root / "scripts" / "cli.py").write_text(FAKE_CLI)
     return root
+
+
+def test_logic_round_trip_through_a_stand_in_engine(fake_bundle, scene, jsrt_volume, monkeypatch):
+    """The logic's own plumbing (file out, process, mask back, node) with a stand-in engine that thresholds."""
+    from AdaQATSegmentationLib.logic import AdaQATSegmentationLogic, SegmentationRequest
+
+    (fake_bundle / "configs").mkdir()
+    (fake_bundle / "configs" / "inference.json").write_text("{}")
+    (fake_bundle / "models").mkdir()
+    (fake_bundle / "models" / "model_int8.pt").write_bytes(b"stand-in")
+    logic = AdaQATSegmentationLogic(scene, fake_bundle, python=sys.executable)
+    monkeypatch.setenv("FAKE_MODE", "mask")
+    node = logic.run(SegmentationRequest(jsrt_volume, device="cpu"), timeout_s=120)
+    (segment_id,) = segmentation_output.own_segment_ids(node)
+    expected = (slicer.util.arrayFromVolume(jsrt_volume) > 100).astype(np.uint8)
+    np.testing.assert_array_equal(segmentation_output.segment_array(scene, node, segment_id, jsrt_volume), expected)
+    monkeypatch.setenv("FAKE_MODE", "empty_mask")
+    with pytest.raises(ValueError, match="found no lung in volume 'JPCLN001'"):
+        logic.run(SegmentationRequest(jsrt_volume, device="cpu"), timeout_s=120)
+    assert segmentation_output.own_segment_ids(node) == [segment_id]  # the previous result is kept
+    with pytest.raises(ValueError, match="unknown prompt"):
+        logic.start(SegmentationRequest(jsrt_volume, prompt="points"))
 
 
 def _start(fake_bundle, tmp_path, monkeypatch, mode, **options):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,6 @@ class RunHandle:
     image: Path
     output_dir: Path
     box: tuple[float, float, float, float] | None = None
-    log: list[str] = field(default_factory=list)
 
 
 def _safe_name(name: str) -> str:
@@ -99,6 +98,9 @@ class AdaQATSegmentationLogic:
                 raise bundle_process.BundleRunError(
                     f"expected one mask in {handle.output_dir}, found {len(masks)}", "\n".join(handle.process.lines))
             labels = volume_io.read_mask(masks[0], handle.request.volume_node)
+            if not labels.any():  # keep the previous result rather than replace it with nothing
+                raise ValueError(f"the model found no lung in volume '{handle.request.volume_node.GetName()}'; "
+                                 "try a ROI box around the lungs or another model")
             return segmentation_output.write_output(self.scene, handle.request.volume_node, labels)
         finally:
             shutil.rmtree(handle.workdir, ignore_errors=True)
