@@ -165,19 +165,21 @@ class BundleProcess:
         return self._process is not None and self._process.poll() is None
 
     def cancel(self, grace_s: float = 5.0) -> None:
-        """Stop the whole process group: SIGTERM, then SIGKILL after ``grace_s``."""
+        """Stop the whole process tree: SIGTERM to the group, SIGKILL after ``grace_s`` (Windows: taskkill /T)."""
         self._cancelled = True
         if not self.running():
             return
         assert self._process is not None
+        pid = self._process.pid
+        if os.name == "nt":
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True, check=False)
+            self._process.wait()
+            return
         try:
-            if os.name == "nt":
-                self._process.terminate()
-            else:
-                os.killpg(self._process.pid, signal.SIGTERM)
+            os.killpg(pid, signal.SIGTERM)
             self._process.wait(grace_s)
         except subprocess.TimeoutExpired:
-            os.killpg(self._process.pid, signal.SIGKILL) if os.name != "nt" else self._process.kill()
+            os.killpg(pid, signal.SIGKILL)
             self._process.wait()
         except ProcessLookupError:
             pass
