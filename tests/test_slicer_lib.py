@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -289,11 +290,14 @@ def test_library_imports_neither_qt_nor_the_engine():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_sample_is_the_committed_cc_by_image_with_its_checksum():
+def test_sample_is_the_committed_cc_by_image_with_its_checksum(tmp_path):
     source = sample_data.sample_source()
     local = sample_data.local_sample()
     assert local is not None and source["uris"] == local.as_uri()
     assert hashlib.sha256(local.read_bytes()).hexdigest() == sample_data.SHA256
+    # Sample Data fetches with urllib.request.urlretrieve, then checks the SHA256: the same here
+    fetched, _ = urllib.request.urlretrieve(source["uris"], str(tmp_path / source["fileNames"]))
+    assert hashlib.sha256(Path(fetched).read_bytes()).hexdigest() == sample_data.SHA256
     assert source["checksums"] == f"SHA256:{sample_data.SHA256}"
     assert Path(source["thumbnailFileName"]).is_file()
     manifest = (sf.REPO / "sample_data" / "cxr_ccby_512" / "manifest.csv").read_text()
