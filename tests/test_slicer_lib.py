@@ -499,6 +499,13 @@ def test_cancel_stops_the_process_group(fake_bundle, tmp_path, monkeypatch):
     assert _gone(grandchild, timeout_s=10)  # the engine's own children die with it
 
 
+def test_timeout_stops_the_run_and_says_so(fake_bundle, tmp_path, monkeypatch):
+    run = _start(fake_bundle, tmp_path, monkeypatch, "hang")
+    with pytest.raises(bundle_process.BundleRunError, match="did not finish within 2 s"):
+        run.wait(timeout_s=2)
+    assert not run.running()
+
+
 def _gone(pid: int, timeout_s: float) -> bool:
     """True once ``pid`` no longer runs (absent, or a zombie left for a PID 1 that does not reap)."""
     deadline = time.monotonic() + timeout_s

@@ -114,6 +114,7 @@ class BundleProcess:
     _process: subprocess.Popen | None = None
     _queue: "queue.Queue[str | None]" = field(default_factory=queue.Queue)
     _cancelled: bool = False
+    _timed_out_s: float | None = None
     _reader_done: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> "BundleProcess":
@@ -191,6 +192,8 @@ class BundleProcess:
         self._reader_done.wait(10)
         self.poll()
         log = "\n".join(self.lines)
+        if self._timed_out_s is not None:
+            raise BundleRunError(f"the segmentation did not finish within {self._timed_out_s:.0f} s and was stopped", log)
         if self._cancelled:
             raise BundleCancelled("segmentation cancelled", log)
         if returncode == 0:
@@ -214,6 +217,7 @@ class BundleProcess:
         while self.running():
             self.poll()
             if timeout_s is not None and time.monotonic() - start > timeout_s:
+                self._timed_out_s = timeout_s
                 self.cancel()
                 break
             time.sleep(poll_s)
