@@ -47,6 +47,12 @@ def registerSampleData() -> None:
     SampleData.SampleDataLogic.registerCustomSampleDataSource(**sample_data.sample_source())
 
 
+def _pip_install(requirements: str) -> None:
+    """Slicer's pip helper under a wait cursor (the question was asked before)."""
+    with slicer.util.WaitCursor():
+        slicer.util.pip_install(requirements)
+
+
 class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
     """Inputs, Apply/Cancel, progress bar and log; the run itself is a child process polled by a timer."""
 
@@ -109,10 +115,9 @@ class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
         qt.QSettings().setValue(SETTINGS_BUNDLE, self.ui.bundlePathLineEdit.currentPath)
         self.logic.bundle_folder = self.ui.bundlePathLineEdit.currentPath or None
         try:
-            with slicer.util.WaitCursor():
-                installed = dependencies.install_missing(
-                    confirm=slicer.util.confirmOkCancelDisplay, pip_install=slicer.util.pip_install,
-                    install_torch=dependencies.slicer_torch_installer())
+            installed = dependencies.install_missing(
+                confirm=slicer.util.confirmOkCancelDisplay, pip_install=_pip_install,
+                install_torch=dependencies.slicer_torch_installer())
             if installed:
                 self._log("installed: " + ", ".join(installed))
             request = request or self._request()
