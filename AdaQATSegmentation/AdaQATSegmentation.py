@@ -112,6 +112,7 @@ class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
 
     def onApply(self, *_args, request: SegmentationRequest | None = None) -> None:
         """Install what is missing (after asking), then start the run; errors go to a dialog."""
+        self.ui.logTextEdit.clear()
         qt.QSettings().setValue(SETTINGS_BUNDLE, self.ui.bundlePathLineEdit.currentPath)
         self.logic.bundle_folder = self.ui.bundlePathLineEdit.currentPath or None
         try:
@@ -126,7 +127,6 @@ class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
                 bundle_process.BundleRunError) as exc:
             slicer.util.errorDisplay(f"Cannot segment: {exc}", detailedText=getattr(exc, "log", None) or "")
             return
-        self.ui.logTextEdit.clear()
         self._log(" ".join(self._handle.process.command))
         self.ui.progressBar.value = 0
         self._timer.start()

@@ -310,8 +310,9 @@ def test_sample_is_the_committed_cc_by_image_with_its_checksum(tmp_path):
 
 def test_bundle_is_found_beside_the_module_and_models_resolve_with_clear_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("ADAQAT_BUNDLE", raising=False)
-    root = bundle_paths.find_bundle(tmp_path / "not-a-bundle")
-    assert root == (sf.REPO / "monai_bundle").resolve()
+    assert bundle_paths.find_bundle() == (sf.REPO / "monai_bundle").resolve()
+    with pytest.raises(bundle_paths.BundleNotFoundError, match=r"not-a-bundle: not the AdaQAT bundle folder"):
+        bundle_paths.find_bundle(tmp_path / "not-a-bundle")
     fake = tmp_path / "bundle"
     (fake / "configs").mkdir(parents=True)
     (fake / "scripts").mkdir()

@@ -35,10 +35,13 @@ def _installed_bundle() -> Path | None:
 
 
 def find_bundle(explicit: str | Path | None = None) -> Path:
-    """The bundle root folder; raises BundleNotFoundError listing the places searched."""
+    """The bundle root folder; raises BundleNotFoundError naming the folder set, or the places searched."""
+    if explicit:  # a folder the user set is used or refused, never silently replaced by another
+        if not is_bundle(explicit):
+            raise BundleNotFoundError(f"{explicit}: not the AdaQAT bundle folder (configs/inference.json and "
+                                      "scripts/cli.py expected); fix the module's Advanced setting or clear it")
+        return Path(explicit).resolve()
     candidates: list[Path] = []
-    if explicit:
-        candidates.append(Path(explicit))
     if os.environ.get("ADAQAT_BUNDLE"):
         candidates.append(Path(os.environ["ADAQAT_BUNDLE"]))
     candidates.append(MODULE_DIR.parent / "monai_bundle")
