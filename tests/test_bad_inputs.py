@@ -143,7 +143,7 @@ def test_cli_evaluate_scores_good_pairs_and_lists_bad_images_and_masks(corpus, j
     bad = _bad(entries, masks_read=True)
     assert f"{len(bad)} of {len(entries)} eval failed and were skipped" in result.stderr
     _assert_reported(result.stderr, bad)
-    rows = (out / "metrics_per_image.csv").read_text().strip().splitlines()[1:]
+    rows = (out / "metrics.csv").read_text().strip().splitlines()[1:]
     good = _ok(entries, masks_read=True)
     assert len(rows) == len(good)
     dice = {row.split(",")[0]: float(row.split(",")[1]) for row in rows}

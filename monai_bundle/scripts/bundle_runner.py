@@ -52,9 +52,16 @@ def run_bundle(configs: Sequence[str], overrides: Mapping[str, Any] | None = Non
     return workflow
 
 
+_CONFIG_WRAPPERS = ("Failed to evaluate", "Failed to instantiate")
+
+
 def root_cause(exc: BaseException) -> BaseException:
-    """The innermost chained exception: MONAI wraps errors raised inside configs in "Failed to evaluate/instantiate"."""
-    while exc.__cause__ is not None:
+    """The error a user should read: MONAI wraps errors raised inside configs in "Failed to evaluate/instantiate".
+
+    Only those wrappers are peeled off; our own errors (which name the file and the problem) are kept even when
+    they chain a library's lower-level exception (e.g. torch's weights_only refusal, which names no file).
+    """
+    while exc.__cause__ is not None and str(exc).startswith(_CONFIG_WRAPPERS):
         exc = exc.__cause__
     return exc
 

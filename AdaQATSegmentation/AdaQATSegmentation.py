@@ -1,0 +1,254 @@
+"""AdaQAT lung segmentation of chest X-rays in 3D Slicer: a thin Qt front end to the AdaQAT MONAI bundle.
+
+The widget only collects choices and shows progress; everything else is in ``AdaQATSegmentationLib``
+(plain Python, tested with real MRML nodes outside Slicer). Inference runs the bundle's ``adaqat infer``
+in a separate process, so the UI never freezes and Cancel stops it.
+"""
+
+from __future__ import annotations
+
+import qt
+import slicer
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+
+from AdaQATSegmentationLib import bundle_paths, bundle_process, dependencies, downloads, sample_data
+from AdaQATSegmentationLib.logic import AdaQATSegmentationLogic, SegmentationRequest
+from AdaQATSegmentationLib.volume_io import VolumeInputError
+
+SETTINGS_BUNDLE = "AdaQATSegmentation/BundleFolder"
+MODEL_KEYS = ("int8", "fp32", "file")
+MODEL_LABELS = ("Bundled INT8 model (fast on CPU)", "Bundled FP32 model",
+                "Model file (fine-tuned bundle checkpoint or official SAM .pth)")
+
+
+class AdaQATSegmentation(ScriptedLoadableModule):
+    """Module description shown in Slicer's module list and help panel."""
+
+    def __init__(self, parent) -> None:
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "AdaQAT Lung Segmentation"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["AdaQAT project"]
+        self.parent.helpText = (
+            "Segments the lung fields of a chest X-ray (PNG, JPEG or DICOM CR/DX loaded as a single-slice volume) "
+            "with the AdaQAT compact Segment Anything model (AdaLoRA + INT8), running the AdaQAT MONAI bundle in a "
+            "separate process. Research use only, not for diagnosis.")
+        self.parent.acknowledgementText = (
+            "Sample image: " + sample_data.ATTRIBUTION + ". Method: AdaLoRA-QAT (Deb et al., ISBI 2026).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Offer the CC BY sample chest X-ray in the Sample Data module."""
+    import SampleData
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(**sample_data.sample_source())
+
+
+def _pip_install(requirements: str) -> None:
+    """Slicer's pip helper under a wait cursor (the question was asked before)."""
+    with slicer.util.WaitCursor():
+        slicer.util.pip_install(requirements)
+
+
+class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
+    """Inputs, Apply/Cancel, progress bar and log; the run itself is a child process polled by a timer."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        self.logic: AdaQATSegmentationModuleLogic | None = None
+        self._handle = None
+        self._timer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        ui_widget = slicer.util.loadUI(self.resourcePath("UI/AdaQATSegmentation.ui"))
+        self.layout.addWidget(ui_widget)
+        self.ui = slicer.util.childWidgetVariables(ui_widget)
+        ui_widget.setMRMLScene(slicer.mrmlScene)
+        self.logic = AdaQATSegmentationModuleLogic()
+        for label in MODEL_LABELS:
+            self.ui.modelComboBox.addItem(label)
+        self.ui.bundlePathLineEdit.currentPath = qt.QSettings().value(SETTINGS_BUNDLE, "") or ""
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.timeout.connect(self._poll)
+        self.ui.applyButton.connect("clicked(bool)", self.onApply)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.downloadButton.connect("clicked(bool)", self.onDownload)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self._update)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._update)
+        self.ui.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._update)
+        self._update()
+
+    def cleanup(self) -> None:
+        if self._handle is not None:
+            self.logic.cancel(self._handle)
+        if self._timer is not None:
+            self._timer.stop()
+
+    def _update(self, *_args) -> None:
+        running = self._handle is not None
+        self.ui.modelFilePathLineEdit.enabled = MODEL_KEYS[self.ui.modelComboBox.currentIndex] == "file"
+        self.ui.refineBoxCheckBox.enabled = self.ui.roiSelector.currentNode() is not None
+        self.ui.promptComboBox.enabled = self.ui.roiSelector.currentNode() is None
+        self.ui.applyButton.enabled = not running and self.ui.inputVolumeSelector.currentNode() is not None
+        self.ui.cancelButton.enabled = running
+
+    def _log(self, text: str) -> None:
+        self.ui.logTextEdit.appendPlainText(text)
+
+    def _request(self) -> SegmentationRequest:
+        prompt = ("two_pass", "whole")[self.ui.promptComboBox.currentIndex]
+        device = ("auto", "cpu", "cuda")[self.ui.deviceComboBox.currentIndex]
+        return SegmentationRequest(
+            volume_node=self.ui.inputVolumeSelector.currentNode(),
+            model=MODEL_KEYS[self.ui.modelComboBox.currentIndex],
+            model_file=self.ui.modelFilePathLineEdit.currentPath or None,
+            roi_node=self.ui.roiSelector.currentNode(), refine_box=self.ui.refineBoxCheckBox.checked,
+            prompt=prompt, device=device)
+
+    def onApply(self, *_args, request: SegmentationRequest | None = None) -> None:
+        """Install what is missing (after asking), then start the run; errors go to a dialog."""
+        self.ui.logTextEdit.clear()
+        qt.QSettings().setValue(SETTINGS_BUNDLE, self.ui.bundlePathLineEdit.currentPath)
+        self.logic.bundle_folder = self.ui.bundlePathLineEdit.currentPath or None
+        try:
+            installed = dependencies.install_missing(
+                confirm=slicer.util.confirmOkCancelDisplay, pip_install=_pip_install,
+                install_torch=dependencies.slicer_torch_installer())
+            if installed:
+                self._log("installed: " + ", ".join(installed))
+            request = request or self._request()
+            self._handle = self.logic.start(request)
+        except (VolumeInputError, FileNotFoundError, ValueError, dependencies.DependencyError,
+                bundle_process.BundleRunError) as exc:
+            slicer.util.errorDisplay(f"Cannot segment: {exc}", detailedText=getattr(exc, "log", None) or "")
+            return
+        self._log(" ".join(self._handle.process.command))
+        self.ui.progressBar.value = 0
+        self._timer.start()
+        self._update()
+
+    def onCancel(self, *_args) -> None:
+        if self._handle is not None:
+            self._log("cancelling...")
+            self.logic.cancel(self._handle)
+
+    def _poll(self) -> None:
+        handle = self._handle
+        for line in handle.process.poll():
+            self._log(line)
+        self.ui.progressBar.value = int(100 * handle.process.progress)
+        if handle.process.running():
+            return
+        self._timer.stop()
+        self._handle = None
+        try:
+            node = self.logic.finish(handle)
+        except bundle_process.BundleCancelled:
+            self._log("cancelled")
+            self.ui.progressBar.value = 0
+        except bundle_process.BundleOutOfMemoryError as exc:
+            if handle.request.device != "cpu" and slicer.util.confirmYesNoDisplay(
+                    f"{exc}.\n\nRun again on the CPU?", detailedText=exc.log):
+                handle.request.device = "cpu"
+                self.ui.deviceComboBox.currentIndex = 1
+                self.onApply(request=handle.request)
+                return
+            slicer.util.errorDisplay(str(exc), detailedText=exc.log)
+        except (bundle_process.BundleRunError, ValueError, OSError) as exc:
+            slicer.util.errorDisplay(f"Segmentation failed: {exc}", detailedText=getattr(exc, "log", "") or "")
+        else:
+            self.ui.progressBar.value = 100
+            self._log(f"done: segmentation '{node.GetName()}'")
+            slicer.util.setSliceViewerLayers(background=handle.request.volume_node, fit=True)
+        self._update()
+
+    def onDownload(self, *_args) -> None:
+        """Fetch the bundled models listed in large_files.yml (asks first, shows size and progress)."""
+        try:
+            root = bundle_paths.find_bundle(self.ui.bundlePathLineEdit.currentPath or None)
+            entries = [e for e in downloads.large_files(root) if e.path in (bundle_paths.INT8_MODEL, bundle_paths.FP32_MODEL)]
+            for entry in entries:
+                dialog = slicer.util.createProgressDialog(labelText=f"Downloading {entry.path}", maximum=100)
+
+                def progress(done: int, total: int | None, dialog=dialog) -> bool:
+                    dialog.value = int(100 * done / total) if total else 0
+                    slicer.app.processEvents()
+                    return not dialog.wasCanceled
+
+                try:
+                    self._log(f"downloaded {downloads.download(entry, root, slicer.util.confirmOkCancelDisplay, progress)}")
+                finally:
+                    dialog.close()
+        except (downloads.DownloadError, OSError) as exc:
+            slicer.util.errorDisplay(f"Download failed: {exc}")
+
+
+class AdaQATSegmentationModuleLogic(ScriptedLoadableModuleLogic):
+    """Slicer-facing logic: the library's logic on the application's scene and bundle folder."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.bundle_folder: str | None = None
+
+    def _logic(self) -> AdaQATSegmentationLogic:
+        return AdaQATSegmentationLogic(slicer.mrmlScene, self.bundle_folder)
+
+    def start(self, request: SegmentationRequest):
+        return self._logic().start(request)
+
+    def finish(self, handle):
+        return self._logic().finish(handle)
+
+    def cancel(self, handle) -> None:
+        handle.process.cancel()
+
+    def run(self, request: SegmentationRequest, timeout_s: float | None = None):
+        return self._logic().run(request, timeout_s)
+
+
+class AdaQATSegmentationTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer (Developer mode > Reload and Test, or ctest): sample data in, lungs out."""
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_rejects_3d_volume()
+        self.setUp()
+        self.test_segments_sample()
+
+    def test_rejects_3d_volume(self) -> None:
+        import numpy as np
+
+        volume = slicer.util.addVolumeFromArray(np.zeros((3, 64, 64), dtype=np.uint8), name="ct")
+        with self.assertRaises(VolumeInputError):
+            AdaQATSegmentationModuleLogic().start(SegmentationRequest(volume_node=volume))
+
+    def test_segments_sample(self) -> None:
+        import SampleData
+
+        registerSampleData()
+        volume = SampleData.downloadSample(sample_data.SAMPLE_NAME)
+        self.assertIsNotNone(volume)
+        missing = dependencies.missing()
+        if missing:
+            self.delayDisplay("skipped: packages not installed: " + ", ".join(r.module for r in missing))
+            return
+        models = bundle_paths.bundled_models(bundle_paths.find_bundle())
+        if not models:
+            self.delayDisplay("skipped: no bundled model in the bundle's models/ folder")
+            return
+        node = AdaQATSegmentationModuleLogic().run(
+            SegmentationRequest(volume_node=volume, model=models[0].key, device="cpu"), timeout_s=900)
+        segmentation = node.GetSegmentation()
+        self.assertEqual(segmentation.GetNumberOfSegments(), 1)
+        self.assertEqual(segmentation.GetNthSegment(0).GetName(), "lung")
+        lung = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentation.GetNthSegmentID(0), volume)
+        self.assertGreater(lung.mean(), 0.1)  # the lungs cover a good part of a chest X-ray
+        self.delayDisplay("lungs segmented")
