@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -160,6 +161,25 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     print(f"report: {pipeline.run_pipeline(settings)}")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    study = _engine("study")
+    protocols = ("jsrt", "transfer") if args.protocol == "both" else (args.protocol,)
+    data = {k: str(v) for k, v in study.DEFAULT_DATA.items()}
+    for protocol, path in (("jsrt", args.jsrt_data), ("transfer", args.transfer_data)):
+        if path:
+            data[protocol] = str(Path(path).resolve())
+    chosen = {"epochs": args.epochs, "qat_epochs": args.qat_epochs, "foundation_epochs": args.foundation_epochs,
+              "limit": args.limit, "perf_repeats": args.perf_repeats}
+    common = {"out": args.out, "protocols": protocols, "data": data, "foundation": args.foundation,
+              "batch_size": args.batch_size, "seed": args.seed if args.seed is not None else 42,
+              "command": args.command_line or "adaqat " + shlex.join(args.argv)}
+    if args.quick:
+        settings = study.StudySettings.quick_settings(**common, **chosen)
+    else:
+        settings = study.StudySettings(**common, **{k: v for k, v in chosen.items() if v is not None})
+    print(f"results: {study.run_study(settings)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adaqat", description="AdaLoRA-QAT lung segmentation of chest X-rays (SAM, MONAI bundle)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -232,12 +252,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy the final FP32 and INT8 models into the bundle's models/ (the defaults of infer, Slicer, MONAI Label)")
     p.add_argument("--batch-size", type=int)
     p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("compare", help="method comparison: full/decoder-only FT, LoRA, AdaLoRA, AdaLoRA-QAT, PTQ and a UNet, "
+                                       "tables (CSV, JSON, Markdown) and plots")
+    p.add_argument("--protocol", choices=["jsrt", "transfer", "both"], default="both",
+                   help="jsrt: in-domain, split by image; transfer: adapt to the CC BY sample, split by patient")
+    p.add_argument("-o", "--out", required=True, help="study folder (one subfolder per protocol and method; reruns resume)")
+    p.add_argument("--foundation", help="stage-0 model to start from (default: train one on the JSRT training split)")
+    p.add_argument("--epochs", type=int, help="stage-1 epochs of every method (default 25)")
+    p.add_argument("--qat-epochs", type=int, help="stage-2 (QAT) epochs, added on top (default 10)")
+    p.add_argument("--foundation-epochs", type=int, help="stage-0 epochs when the foundation is trained here (default 40)")
+    p.add_argument("--limit", type=int, help="use only the first N images of each split")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--quick", action="store_true", help="CI's reduced form: 1 epoch per stage, 6 images per split")
+    p.add_argument("--perf-repeats", type=int, help="timed CPU runs per model (default 5)")
+    p.add_argument("--jsrt-data", help="JSRT folder (default ../shared/data/jsrt_scr_224 beside the repository)")
+    p.add_argument("--transfer-data", help="CC BY folder (default sample_data/cxr_ccby_512)")
+    p.add_argument("--command-line", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command == "export" and args.stage == 0:
         args.set = (args.set or []) + ["adapter=null", "train_encoder=true"]
         args.stage = 1

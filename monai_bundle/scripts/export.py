@@ -22,6 +22,7 @@ from .model_factory import load_network_checkpoint
 from .network import SamSegmenter
 from .quantizer import remove_fake_quant
 from .sam_model import CheckpointError, infer_arch, read_state_dict
+from .unet_baseline import is_unet_file, load_unet
 
 INT8_FORMAT = "adaqat-int8"
 
@@ -67,6 +68,15 @@ def export_int8(network: nn.Module, best_checkpoint: str | os.PathLike | None, p
     return save_int8(artefact, path, extra_meta=meta)
 
 
+def is_unet_baseline(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is the study's prompt-free UNet baseline (``unet_baseline.export_unet``)."""
+    try:
+        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    return is_unet_file(obj)
+
+
 def is_int8_artefact(path: str | os.PathLike) -> bool:
     try:
         obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
@@ -82,8 +92,11 @@ def load_model(path: str | os.PathLike, arch: str | dict | None = None, image_si
     INT8 artefact -> SamSegmenter with Int8Linear layers (its recorded arch); FP32 bundle ``model.pt`` or an
     official SAM ``.pth`` -> SamSegmenter with the shapes read from the file (``arch`` only overrides).
     A training checkpoint with adapters is refused with a hint, since adapters are merged by export.
+    The comparison study's UNet baseline file -> that UNet (prompt-free; ``prompt_mode`` is ignored).
     """
     path = os.fspath(path)
+    if is_unet_baseline(path):
+        return load_unet(torch.load(path, map_location="cpu", weights_only=True), path, device)
     if is_int8_artefact(path):
         artefact = load_int8_artefact(path)
         meta = artefact.get("meta", {})
@@ -104,7 +117,7 @@ def file_size(path: str | os.PathLike) -> int:
     return Path(path).stat().st_size
 
 
-__all__ = ["INT8_FORMAT", "export_fp32", "export_int8", "file_size", "is_int8_artefact", "load_model"]
+__all__ = ["INT8_FORMAT", "export_fp32", "export_int8", "file_size", "is_int8_artefact", "is_unet_baseline", "load_model"]
 
 
 def default_model_path(bundle_root: str | os.PathLike) -> str:

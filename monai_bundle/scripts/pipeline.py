@@ -40,7 +40,8 @@ class PipelineSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _common(settings: PipelineSettings) -> dict[str, Any]:
+def common_overrides(settings: PipelineSettings) -> dict[str, Any]:
+    """The overrides every stage and evaluation of one job shares: data, split, seed, size, ``extra``."""
     overrides: dict[str, Any] = {
         "dataset_dir": str(Path(settings.data).resolve()),
         "arch": settings.arch,
@@ -57,49 +58,56 @@ def _common(settings: PipelineSettings) -> dict[str, Any]:
     return overrides
 
 
-def _trainable(workflow: Any) -> int:
+def trainable_parameters(workflow: Any) -> int:
+    """Trainable parameters of a finished training workflow's network (as its optimiser saw them)."""
     return count_parameters(workflow.parser.get_parsed_content("network"), trainable_only=True)
+
+
+def run_stage(configs: list[str], overrides: dict[str, Any], model: str | Path) -> dict[str, Any]:
+    """Run one training stage (bundle configs + overrides); return its seconds, trainable count and model path."""
+    start = time.time()
+    wf = run_bundle(configs, overrides)
+    return {"seconds": time.time() - start, "trainable": trainable_parameters(wf), "model": str(model)}
 
 
 def run_stages(settings: PipelineSettings) -> dict[str, Any]:
     """Train stage 0 (unless a checkpoint is given), 1 and 2; return paths, timings and trainable counts."""
     out = Path(settings.out).resolve()
     models = out / "models"
-    common = _common(settings)
+    common = common_overrides(settings)
     preset = [settings.preset] if settings.preset else []
     info: dict[str, Any] = {"stages": {}}
 
     foundation = settings.checkpoint
     if foundation is None:
-        start = time.time()
-        wf = run_bundle(["train", "stage0"], {**common, "run_dir": str(out / "stage0"),
-                                              "export_path": str(models / "foundation.pt"), "num_epochs": settings.epochs[0]})
         foundation = str(models / "foundation.pt")
-        info["stages"]["stage0"] = {"seconds": time.time() - start, "trainable": _trainable(wf), "model": foundation}
-    start = time.time()
-    wf = run_bundle(["train", *preset], {**common, "sam_checkpoint": foundation, "run_dir": str(out / "stage1"),
-                                          "export_path": str(models / "model.pt"), "num_epochs": settings.epochs[1]})
-    info["stages"]["stage1"] = {"seconds": time.time() - start, "trainable": _trainable(wf), "model": str(models / "model.pt")}
-    start = time.time()
+        info["stages"]["stage0"] = run_stage(["train", "stage0"], {**common, "run_dir": str(out / "stage0"),
+                                             "export_path": foundation, "num_epochs": settings.epochs[0]}, foundation)
+    info["stages"]["stage1"] = run_stage(["train", *preset], {**common, "sam_checkpoint": foundation, "run_dir": str(out / "stage1"),
+                                         "export_path": str(models / "model.pt"), "num_epochs": settings.epochs[1]},
+                                         models / "model.pt")
     qat_preset = ["paper_qat"] if settings.preset == "paper" else []
-    wf = run_bundle(["train", *preset, "train_qat", *qat_preset],
-                    {**common, "stage1_checkpoint": str(out / "stage1" / "model.pt"),
-                     "run_dir": str(out / "stage2"), "export_path": str(models / "model_int8.pt"),
-                     "num_epochs": settings.epochs[2]})
-    info["stages"]["stage2"] = {"seconds": time.time() - start, "trainable": _trainable(wf),
-                                "model": str(models / "model_int8.pt")}
+    info["stages"]["stage2"] = run_stage(["train", *preset, "train_qat", *qat_preset],
+                                         {**common, "stage1_checkpoint": str(out / "stage1" / "model.pt"),
+                                          "run_dir": str(out / "stage2"), "export_path": str(models / "model_int8.pt"),
+                                          "num_epochs": settings.epochs[2]}, models / "model_int8.pt")
     info["foundation"] = foundation
     return info
 
 
-def evaluate_models(settings: PipelineSettings, models: dict[str, str], eval_dir: Path) -> dict[str, dict[str, Any]]:
-    """Evaluate each model under each prompt mode on the test split; return the summaries by run name."""
+def evaluate_models(settings: PipelineSettings, models: dict[str, str], eval_dir: Path,
+                    overrides: dict[str, Any] | None = None, prompt_modes: tuple[str, ...] | None = None,
+                    prefix_format: str = "{model}_{mode}", configs: tuple[str, ...] = ("train", "evaluate")) -> dict[str, dict[str, Any]]:
+    """Evaluate each model under each prompt mode on the test split; return the summaries by run name.
+
+    ``overrides`` are added to the evaluation runs only (e.g. an unjittered ground-truth box), never to training.
+    """
     summaries = {}
     for model_name, model_path in models.items():
-        for mode in settings.prompt_modes:
-            prefix = f"{model_name}_{mode}"
-            run_bundle(["train", "evaluate"], {**_common(settings), "model_path": model_path, "prompt_mode": mode,
-                                               "output_dir": str(eval_dir), "metrics_prefix": prefix},
+        for mode in prompt_modes or settings.prompt_modes:
+            prefix = prefix_format.format(model=model_name, mode=mode)
+            run_bundle(list(configs), {**common_overrides(settings), **(overrides or {}), "model_path": model_path,
+                                       "prompt_mode": mode, "output_dir": str(eval_dir), "metrics_prefix": prefix},
                        workflow_type="infer")
             summaries[prefix] = json.loads((eval_dir / f"{prefix}_summary.json").read_text())
     return summaries
@@ -126,4 +134,5 @@ def run_pipeline(settings: PipelineSettings) -> Path:
     return report
 
 
-__all__ = ["PROMPT_MODES", "PipelineSettings", "evaluate_models", "run_pipeline", "run_stages"]
+__all__ = ["PROMPT_MODES", "PipelineSettings", "common_overrides", "evaluate_models", "run_pipeline", "run_stage", "run_stages",
+           "trainable_parameters"]

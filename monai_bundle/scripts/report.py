@@ -23,22 +23,36 @@ def _fmt(stat: dict[str, float], percent: bool) -> str:
     return f"{stat['mean'] * scale:.2f} ± {stat['std'] * scale:.2f}"
 
 
+def pick_cases(metrics_csv: str | Path) -> dict[str, str]:
+    """Worst, median and best image ids of a per-image metrics CSV, by Dice."""
+    rows = read_metrics_csv(metrics_csv)
+    if not rows:
+        raise ValueError(f"{metrics_csv}: no images")
+    ordered = sorted(rows, key=lambda k: rows[k]["dice"])
+    return {"worst": ordered[0], "median": ordered[len(ordered) // 2], "best": ordered[-1]}
+
+
+def case_items(model_path: str, picks: dict[str, str], test_items: dict[str, dict[str, Any]],
+               caption: str = "") -> list[dict[str, Any]]:
+    """Overlay items (image, prediction, reference) of the picked test images for one model (two-pass prompt)."""
+    network = load_model(model_path, prompt_mode="two_pass")
+    items = []
+    for rank, case in picks.items():
+        image, _ = read_cxr(test_items[case]["image"])
+        label = read_mask(test_items[case]["label"], expected_shape=image.shape)
+        items.append({"image": image, "pred": predict_mask(network, image), "label": label,
+                      "id": f"{caption}{rank}: {case}"})
+    return items
+
+
 def overlay_cases(out: Path, models: dict[str, str], eval_dir: Path, settings: Any, ranking_run: str = "int8_two_pass") -> list[Path]:
     """Best, median and worst test images (by ``ranking_run`` Dice), each model's prediction drawn on them."""
-    rows = read_metrics_csv(eval_dir / f"{ranking_run}.csv")
-    ordered = sorted(rows, key=lambda k: rows[k]["dice"])
-    picks = {"worst": ordered[0], "median": ordered[len(ordered) // 2], "best": ordered[-1]}
+    picks = pick_cases(eval_dir / f"{ranking_run}.csv")
     test = {Path(item["image"]).stem: item for item in select_split(settings.data, "test", seed=settings.seed, by=settings.split_by, limit=settings.limit)}
     written = []
     for name, path in models.items():
-        network = load_model(path, prompt_mode="two_pass")
-        items = []
-        for rank, case in picks.items():
-            image, _ = read_cxr(test[case]["image"])
-            label = read_mask(test[case]["label"], expected_shape=image.shape)
-            items.append({"image": image, "pred": predict_mask(network, image), "label": label, "id": f"{rank}: {case}"})
         grid = out / f"overlays_{name}.png"
-        save_overlay_grid(items, grid, cols=3)
+        save_overlay_grid(case_items(path, picks, test), grid, cols=3)
         written.append(grid)
     return written
 

@@ -25,10 +25,17 @@ from .quantizer import apply_fake_quant
 from .sam_model import count_parameters
 
 
-def _adapter_options(config_name: str) -> dict[str, Any]:
+def adapter_options(config_name: str) -> dict[str, Any]:
     """The ``adapter`` block of a bundle config, as the defaults of record (references dropped)."""
     block = json.loads((CONFIG_DIR / config_name).read_text())["adapter"]
     return {k: v for k, v in block.items() if not (isinstance(v, str) and v.startswith(("@", "$")))}
+
+
+def matching_lora(adalora: dict[str, Any]) -> dict[str, Any]:
+    """The fixed-rank LoRA compared with an AdaLoRA setting: same targets and alpha, rank = AdaLoRA's target rank
+    (the rank AdaLoRA ends with on average), so both adapt the same layers with the same final budget."""
+    return {"kind": "lora", "targets": list(adalora["targets"]), "rank": int(adalora["target_r"]),
+            "lora_alpha": adalora.get("lora_alpha", 32)}
 
 
 def _trainable_with(network: SamSegmenter, adapter: dict[str, Any]) -> int:
@@ -97,10 +104,9 @@ def model_stats(arch: str = "vit_b", image_size: int | None = None, work_dir: st
     sam = network.sam
     parts = {name: count_parameters(getattr(sam, name)) for name in ("image_encoder", "prompt_encoder", "mask_decoder")}
     total = count_parameters(sam)
-    adalora_default = _adapter_options("train.json")
-    paper_adapter = _adapter_options("paper.json")
-    lora_default = {"kind": "lora", "targets": adalora_default["targets"], "rank": adalora_default["target_r"],
-                    "lora_alpha": adalora_default.get("lora_alpha", 32)}
+    adalora_default = adapter_options("train.json")
+    paper_adapter = adapter_options("paper.json")
+    lora_default = matching_lora(adalora_default)
     trainable = {
         "decoder": parts["prompt_encoder"] + parts["mask_decoder"],
         "lora": _trainable_with(network, lora_default),
@@ -133,4 +139,4 @@ def model_stats(arch: str = "vit_b", image_size: int | None = None, work_dir: st
     }
 
 
-__all__ = ["measured_file_bytes", "model_stats", "paper_formula_ratio"]
+__all__ = ["adapter_options", "matching_lora", "measured_file_bytes", "model_stats", "paper_formula_ratio"]
