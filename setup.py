@@ -41,6 +41,8 @@ setup(
     package_data={"adaqat_bundle": ["configs/*.json", "configs/*.conf", "docs/*", "LICENSE", "large_files.yml"]},
     install_requires=INSTALL_REQUIRES,
     # slicer-core (+ its vtk) gives real MRML nodes for testing the Slicer module's logic without Slicer.
-    extras_require={"test": ["pytest==9.2.0", "jsonschema", "slicer-core==5.13.31053.0", "vtk==9.6.2"]},
+    # study: plots of `adaqat compare` (the engine itself draws nothing with matplotlib).
+    extras_require={"test": ["pytest==9.2.0", "jsonschema", "slicer-core==5.13.31053.0", "vtk==9.6.2"],
+                    "study": ["matplotlib==3.11.2"]},
     entry_points={"console_scripts": ["adaqat=adaqat_bundle.scripts.cli:main"]},
 )

@@ -171,7 +171,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     chosen = {"epochs": args.epochs, "qat_epochs": args.qat_epochs, "foundation_epochs": args.foundation_epochs,
               "limit": args.limit, "perf_repeats": args.perf_repeats}
     common = {"out": args.out, "protocols": protocols, "data": data, "foundation": args.foundation,
-              "batch_size": args.batch_size, "seed": args.seed if args.seed is not None else 42,
+              "batch_size": args.batch_size, "perf": not args.no_perf, "seed": args.seed if args.seed is not None else 42,
               "command": args.command_line or "adaqat " + shlex.join(args.argv)}
     if args.quick:
         settings = study.StudySettings.quick_settings(**common, **chosen)
@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--quick", action="store_true", help="CI's reduced form: 1 epoch per stage, 6 images per split")
     p.add_argument("--perf-repeats", type=int, help="timed CPU runs per model (default 5)")
+    p.add_argument("--no-perf", action="store_true", help="skip the CPU latency / peak memory measurements")
     p.add_argument("--jsrt-data", help="JSRT folder (default ../shared/data/jsrt_scr_224 beside the repository)")
     p.add_argument("--transfer-data", help="CC BY folder (default sample_data/cxr_ccby_512)")
     p.add_argument("--command-line", help=argparse.SUPPRESS)

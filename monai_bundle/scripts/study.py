@@ -61,6 +61,7 @@ class StudySettings:
     quick: bool = False
     perf_repeats: int = 5
     perf_threads: int = 2
+    perf: bool = True  # measure CPU latency / peak memory (a fresh process per model: ~10 s each)
     command: str = ""
 
     @classmethod
@@ -129,6 +130,20 @@ def _once(folder: Path, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return info
 
 
+def _same_settings(root: Path, chosen: dict[str, Any]) -> None:
+    """A resumed protocol folder must have been made with the same settings, or its finished methods would mix."""
+    path = root / "settings.json"
+    if path.is_file():
+        before = _json(path)
+        differ = {k: (before.get(k), v) for k, v in chosen.items() if before.get(k) != v}
+        if differ:
+            raise ValueError(f"{root} holds a study made with other settings ({', '.join(f'{k}: {a!r} then, {b!r} now' for k, (a, b) in differ.items())}); "
+                             "use another --out, or delete that folder")
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    _write_json(path, chosen)
+
+
 def train_foundation(settings: StudySettings) -> str:
     """Stage 0 on the JSRT training split (by image): the foundation every method starts from."""
     if settings.foundation:
@@ -192,6 +207,9 @@ def run_protocol(settings: StudySettings, protocol: str, foundation: str) -> dic
 
         return _once(out, run)
 
+    _same_settings(root, {"data": str(Path(pipe.data).resolve()), "split_by": pipe.split_by, "seed": settings.seed,
+                          "limit": settings.limit, "epochs": epochs, "qat_epochs": settings.qat_epochs,
+                          "batch_size": settings.batch_size, "foundation": foundation})
     results: dict[str, dict[str, Any]] = {}
     results["full_ft"] = train("full_ft", ["train", "stage0"], stage1, "model_fp32.pt", epochs=epochs)
     results["decoder_ft"] = train("decoder_ft", ["train"], {**stage1, "adapter": None, "train_encoder": False},
@@ -224,7 +242,7 @@ def run_protocol(settings: StudySettings, protocol: str, foundation: str) -> dic
     for name, info in results.items():
         method = METHOD_BY_NAME[name]
         evaluate(pipe, name, info["model"], method.prompts, folder(name) / "eval")
-        info["perf"] = measure(info["model"], folder(name) / "perf.json", settings)
+        info["perf"] = measure(info["model"], folder(name) / "perf.json", settings) if settings.perf else None
     meta = {"protocol": protocol, "data": pipe.data, "split_by": pipe.split_by, "seed": settings.seed,
             "limit": settings.limit, "foundation": foundation, "keep_float_choice": choice, "methods": results}
     _write_json(root / "study.json", meta)

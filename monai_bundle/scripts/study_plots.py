@@ -118,7 +118,7 @@ def training_curves(root: Path, methods: list[Any], path: Path) -> Path:
     for m in methods:
         steps, loss = _scalars(root / m.name, "train_loss")
         if steps:
-            ax_loss.plot(steps, loss, label=m.name, alpha=0.8)
+            ax_loss.plot(steps, loss, label=m.name, alpha=0.8, marker="." if len(steps) < 30 else None)
         epochs, dice = _scalars(root / m.name, "val_mean_dice")
         if epochs:
             ax_val.plot(epochs, 100 * np.array(dice), marker="o", label=m.name)
