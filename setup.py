@@ -28,6 +28,10 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "PyYAML==6.0.4",
     "fire==0.7.1",
+    # the fastest CPU inference route (scripts/ort_runtime.py); load_model falls back to eager without them
+    "onnx==1.23.2",
+    "onnxscript==0.7.2",
+    "onnxruntime==1.32.0",
 ]
 
 setup(
@@ -41,8 +45,10 @@ setup(
     package_data={"adaqat_bundle": ["configs/*.json", "configs/*.conf", "docs/*", "LICENSE", "large_files.yml"]},
     install_requires=INSTALL_REQUIRES,
     # slicer-core (+ its vtk) gives real MRML nodes for testing the Slicer module's logic without Slicer.
-    # study: plots of `adaqat compare` (the engine itself draws nothing with matplotlib).
     extras_require={"test": ["pytest==9.2.0", "jsonschema", "slicer-core==5.13.31053.0", "vtk==9.6.2"],
+                    # the PT2E INT8 route of `adaqat benchmark` (X86InductorQuantizer); does not pull another torch
+                    "bench": ["torchao==0.18.0"],
+                    # plots of `adaqat compare` (the engine itself draws nothing with matplotlib)
                     "study": ["matplotlib==3.11.2"]},
     entry_points={"console_scripts": ["adaqat=adaqat_bundle.scripts.cli:main"]},
 )

@@ -13,9 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,41 +43,6 @@ def build_files(arch: str, image_size: int, folder: Path, keep_float: list[str])
     return {"fp32": Path(fp32), "int8": Path(int8)}
 
 
-def worker(variant: str, files: dict[str, str], image_size: int, threads: int, repeats: int, warmup: int, keep_float: list[str]) -> dict:
-    """Load one variant, time ``repeats`` forward passes after ``warmup``; report seconds and peak RSS."""
-    import torch
-
-    torch.set_num_threads(threads)
-    from scripts.export import load_model
-    from scripts.quantizer import apply_fake_quant
-
-    start = time.perf_counter()
-    if variant == "int8":
-        network = load_model(files["int8"], prompt_mode="whole")
-    else:
-        network = load_model(files["fp32"], prompt_mode="whole")
-        if variant == "fake_quant":  # the paper's INT8: weights fake-quantized, computed in float
-            apply_fake_quant(network, keep_float=keep_float, per_channel=True)
-    load_s = time.perf_counter() - start
-    image = torch.rand(1, 1, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            t = time.perf_counter()
-            out = network(image)
-            if i >= warmup:
-                times.append(time.perf_counter() - t)
-    return {
-        "variant": variant,
-        "load_s": load_s,
-        "latency_s_median": statistics.median(times),
-        "latency_s_all": times,
-        "images_per_s": 1.0 / statistics.median(times),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "output_checksum": float(out.float().mean()),
-    }
-
-
 def markdown(result: dict) -> str:
     rows = ["| variant | median latency (s) | images/s | peak RSS (MiB) | load (s) | file (MB) |", "|---|---|---|---|---|---|"]
     for v in result["variants"]:
@@ -101,17 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--keep-float", nargs="*", default=None, help="float-kept patterns (default: the paper's list)")
     parser.add_argument("--out", default="runs/bench/int8_benchmark.json")
-    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
-    parser.add_argument("--files", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     from scripts.model_factory import PAPER_KEEP_FLOAT
+    from scripts.perf import measure_in_child
 
     keep_float = list(PAPER_KEEP_FLOAT) if args.keep_float is None else args.keep_float
-    if args.worker:
-        print(json.dumps(worker(args.worker, json.loads(args.files), args.image_size, args.threads, args.repeats, args.warmup, keep_float)))
-        return 0
-
     import platform
 
     import torch
@@ -121,12 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         sizes = {k: p.stat().st_size for k, p in files.items()}
         variants = []
         for variant in VARIANTS:
-            cmd = [sys.executable, __file__, "--worker", variant, "--files", json.dumps({k: str(p) for k, p in files.items()}),
-                   "--arch", args.arch, "--image-size", str(args.image_size), "--threads", str(args.threads),
-                   "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--keep-float", *keep_float]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            variants.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"{variant}: {variants[-1]['latency_s_median']:.3f} s", file=sys.stderr)
+            path = files["int8" if variant == "int8" else "fp32"]
+            measured = measure_in_child(str(path), image_size=args.image_size, threads=args.threads, repeats=args.repeats,
+                                        warmup=args.warmup, fake_quant=variant == "fake_quant", keep_float=keep_float)
+            variants.append({"variant": variant, **measured, "latency_s_median": measured["latency_s"]})
+            print(f"{variant}: {measured['latency_s']:.3f} s", file=sys.stderr)
     by_name = {v["variant"]: v for v in variants}
     result = {
         "arch": args.arch, "image_size": args.image_size, "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,

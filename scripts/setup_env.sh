@@ -13,5 +13,5 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,study]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,bench,study]"
 echo "$want" > "$stamp"

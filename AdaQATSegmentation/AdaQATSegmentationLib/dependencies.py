@@ -37,6 +37,10 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("skimage", "scikit-image==0.26.0"),
     Requirement("yaml", "PyYAML==6.0.4"),
     Requirement("tqdm", "tqdm==4.70.1"),
+    # the fast CPU route of the image encoder (the engine falls back to eager PyTorch without them)
+    Requirement("onnx", "onnx==1.23.2"),
+    Requirement("onnxscript", "onnxscript==0.7.2"),
+    Requirement("onnxruntime", "onnxruntime==1.32.0"),
     # Slicer ships these; a pinned reinstall could break Slicer itself, so they are only installed if absent.
     Requirement("numpy", "numpy"),
     Requirement("SimpleITK", "SimpleITK"),

@@ -118,6 +118,8 @@ def cmd_infer(args: argparse.Namespace) -> None:
         overrides["box"] = list(args.box)
     if args.device:
         overrides["device"] = f"$torch.device('{args.device}')"
+    if args.runtime:
+        overrides["runtime"] = args.runtime
     overrides.update(_parse_sets(args.set or []))
     _engine("bundle_runner").run_bundle(["inference"], overrides, workflow_type="infer")
     print(f"masks written to {Path(args.output).resolve()}")
@@ -225,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
                    help="a box prompt in image pixels (refined by a second pass unless --prompt box)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--runtime", choices=["auto", "ort", "eager"],
+                   help="auto (default): image encoder in onnxruntime on CPU when installed (fastest), else eager PyTorch; "
+                        "eager: PyTorch only")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_infer)
 

@@ -7,6 +7,7 @@ INT8 file records the architecture, so a user's ``--model`` file is self-describ
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,13 @@ from .distributed import is_main_process, unwrap
 from .int8_export import apply_int8_state, export_int8_state, load_int8_artefact, save_int8
 from .model_factory import load_network_checkpoint
 from .network import SamSegmenter
+from .ort_runtime import resolve_runtime, use_ort_encoder
 from .quantizer import remove_fake_quant
 from .sam_model import CheckpointError, infer_arch, read_state_dict
 from .unet_baseline import is_unet_file, load_unet
 
 INT8_FORMAT = "adaqat-int8"
+logger = logging.getLogger(__name__)
 
 
 def _with_best_weights(network: nn.Module, best_checkpoint: str | os.PathLike | None) -> nn.Module:
@@ -86,17 +89,37 @@ def is_int8_artefact(path: str | os.PathLike) -> bool:
 
 
 def load_model(path: str | os.PathLike, arch: str | dict | None = None, image_size: int | None = None,
-               prompt_mode: str | None = None, device: str | torch.device = "cpu") -> SamSegmenter:
+               prompt_mode: str | None = None, device: str | torch.device = "cpu", runtime: str | None = "auto") -> SamSegmenter:
     """Build the inference network from any model file users bring, chosen by its content.
 
     INT8 artefact -> SamSegmenter with Int8Linear layers (its recorded arch); FP32 bundle ``model.pt`` or an
     official SAM ``.pth`` -> SamSegmenter with the shapes read from the file (``arch`` only overrides).
     A training checkpoint with adapters is refused with a hint, since adapters are merged by export.
-    The comparison study's UNet baseline file -> that UNet (prompt-free; ``prompt_mode`` is ignored).
+    The comparison study's UNet baseline file -> that UNet (prompt-free; ``prompt_mode`` and ``runtime`` are ignored).
+
+    ``runtime``: ``"auto"`` (default) runs the image encoder with onnxruntime on CPU when it is installed
+    (the fastest measured route, see ``scripts.ort_runtime``), else eager; ``"ort"`` requires it;
+    ``"eager"`` keeps everything in PyTorch (needed for training, autograd or a GPU).
     """
-    path = os.fspath(path)
     if is_unet_baseline(path):
-        return load_unet(torch.load(path, map_location="cpu", weights_only=True), path, device)
+        return load_unet(torch.load(os.fspath(path), map_location="cpu", weights_only=True), os.fspath(path), device)
+    chosen = resolve_runtime(runtime, device)
+    network = _load_eager(path, arch, image_size, prompt_mode, device)
+    if chosen == "eager":
+        return network
+    try:
+        return use_ort_encoder(network, path)
+    except Exception as exc:
+        if runtime == "ort":
+            raise
+        # "auto" must still give a working model: one line saying why it is the slower one.
+        logger.warning("%s: onnxruntime encoder unavailable (%s: %s); running eager PyTorch", path, type(exc).__name__, exc)
+        return network  # use_ort_encoder swaps the encoder only once its session exists
+
+
+def _load_eager(path: str | os.PathLike, arch: str | dict | None, image_size: int | None, prompt_mode: str | None,
+                device: str | torch.device) -> SamSegmenter:
+    path = os.fspath(path)
     if is_int8_artefact(path):
         artefact = load_int8_artefact(path)
         meta = artefact.get("meta", {})

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
-from .quantizer import quantize_weight_symmetric
+from .quantizer import dequantize_weight, quantize_weight_symmetric
 
 BACKENDS = ("auto", "qlinear_dynamic", "int_mm")
 
@@ -128,6 +128,15 @@ class Int8Linear(nn.Module):
         """Quantize a float Linear with the QAT rule (post-training, no calibration needed)."""
         q, scale = quantize_weight_symmetric(linear.weight, per_channel=per_channel, bits=bits)
         return cls(q, scale, linear.bias, backend=backend)
+
+    def to_float(self) -> nn.Linear:
+        """A float Linear holding ``weight_int8 * weight_scale``: the weights this layer computes with."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(dequantize_weight(self.weight_int8, self.weight_scale))
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
 
     def _kernel_for(self, x: torch.Tensor) -> str:
         if self.backend != "auto":
