@@ -121,3 +121,4 @@ def test_results_files_list_every_method_and_row(tmp_path):
     assert tuple(table[0]) == COLUMNS and len(table) == sum(len(m.prompts) for m in METHODS)
     saved = json.loads((tmp_path / "comparison.json").read_text())
     assert len(saved["rows"]) == len(table) and "transfer" in saved["criteria"]
+

@@ -30,7 +30,16 @@ _IMPORT_ROOT = Path(__file__).resolve().parents[len(_PACKAGE.split("."))]
 
 
 def _peak_rss_mib() -> float:
-    # Linux reports ru_maxrss in KiB (macOS in bytes).
+    # Linux: VmHWM, this process's own high-water mark. Not ru_maxrss: Linux carries the parent's peak
+    # into a child across fork + exec, so a child started by a large process (a training study) would
+    # report the parent's peak instead of the model's.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    # elsewhere ru_maxrss: KiB on Linux, bytes on macOS
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 

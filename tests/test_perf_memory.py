@@ -1,0 +1,20 @@
+"""scripts.perf's peak memory is the measured process's own (the study measures models from a large process)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+from conftest import BUNDLE_ROOT
+
+
+def test_peak_memory_of_a_child_is_its_own_not_its_parents(tmp_path):
+    """Linux carries a parent's ru_maxrss into a child across fork + exec; perf must report the child's own peak."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from scripts.perf import _peak_rss_mib; print(_peak_rss_mib())")
+    bundle = str(BUNDLE_ROOT)
+    ballast = np.ones(400 * 2**20 // 8)  # ~400 MiB held by this (parent) process
+    ballast += 1
+    child = float(subprocess.run([sys.executable, "-c", code, bundle], capture_output=True, text=True, check=True).stdout)
+    assert child < 300, f"child reported {child:.0f} MiB: the parent's peak, not its own"
