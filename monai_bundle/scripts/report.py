@@ -35,7 +35,7 @@ def pick_cases(metrics_csv: str | Path) -> dict[str, str]:
 def case_items(model_path: str, picks: dict[str, str], test_items: dict[str, dict[str, Any]],
                caption: str = "") -> list[dict[str, Any]]:
     """Overlay items (image, prediction, reference) of the picked test images for one model (two-pass prompt)."""
-    network = load_model(model_path, prompt_mode="two_pass")
+    network = load_model(model_path, prompt_mode="two_pass", runtime="eager")  # a few images: no ONNX build
     items = []
     for rank, case in picks.items():
         image, _ = read_cxr(test_items[case]["image"])

@@ -39,8 +39,9 @@ PROTOCOLS = {
     "transfer": {"split_by": "patient", "title": "Transfer: JSRT foundation adapted to the CC BY sample (split by patient)"},
 }
 SAM_PROMPTS = ("box", "whole", "two_pass")  # the evaluate config's names; tables call "box" gt_box
-# Evaluation only: the ground-truth box is the reference mask's bounding box, no random jitter.
-GT_BOX_EVAL = {"box_jitter": [0, 0]}
+# Evaluation only: the ground-truth box is the reference mask's bounding box, no random jitter; every model
+# runs in PyTorch (the engine's reference route, the one whose latency is measured), not onnxruntime.
+GT_BOX_EVAL = {"box_jitter": [0, 0], "runtime": "eager"}
 QUICK = {"epochs": 1, "qat_epochs": 1, "foundation_epochs": 1, "limit": 6, "perf_repeats": 1}
 
 
