@@ -77,19 +77,68 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"best checkpoint: {out / 'model.pt'}\nexported FP32 model: {out / 'model_fp32.pt'}")
 
 
-def cmd_qat(args: argparse.Namespace) -> None:
+def read_keep_float_file(path: str | Path) -> list[str]:
+    """The ``keep_float`` list of a ``keep_float.json`` written by ``adaqat sensitivity``."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read keep-float file ({exc})") from exc
+    patterns = data.get("keep_float") if isinstance(data, dict) else None
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"{path}: expected a JSON object with \"keep_float\": a list of module-name patterns")
+    return patterns
+
+
+def qat_bundle_args(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """Configs and overrides of ``adaqat qat`` (what it hands to the bundle runner)."""
     configs = ["train"] + ([args.preset] if args.preset else []) + ["train_qat"] + (["paper_qat"] if args.preset == "paper" else [])
     overrides = _data_overrides(args)
     out = Path(args.out).resolve()
     overrides.update({"run_dir": str(out), "export_path": str(out / "model_int8.pt"),
                       "stage1_checkpoint": str(Path(args.stage1).resolve())})
-    if args.per_tensor or args.keep_float is not None:
-        overrides["qat"] = {"per_channel": not args.per_tensor,
-                            "keep_float": args.keep_float if args.keep_float is not None else list(_engine("model_factory").PAPER_KEEP_FLOAT)}
+    if args.keep_float is not None and args.keep_float_file:
+        raise ValueError("give --keep-float or --keep-float-file, not both")
+    keep_float = read_keep_float_file(args.keep_float_file) if args.keep_float_file else args.keep_float
+    if args.per_tensor:
+        overrides["qat#per_channel"] = False
+    if keep_float is not None:
+        overrides["qat#keep_float"] = list(keep_float)
     if args.resume:
         overrides["resume_from"] = str(Path(args.resume).resolve())
+    return configs, overrides
+
+
+def cmd_qat(args: argparse.Namespace) -> None:
+    configs, overrides = qat_bundle_args(args)
     _engine("bundle_runner").run_bundle(configs, overrides)
-    print(f"INT8 model: {out / 'model_int8.pt'}")
+    print(f"INT8 model: {Path(args.out).resolve() / 'model_int8.pt'}")
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> None:
+    sensitivity = _engine("sensitivity")
+    out = Path(args.out).resolve()
+    sweep = sensitivity.run_sweep(args.model, args.data, out, split=args.split, split_by=args.split_by or "auto",
+                                  seed=args.seed if args.seed is not None else 42, prompt_mode=args.prompt,
+                                  limit=args.limit, per_channel=not args.per_tensor)
+    choice = sensitivity.choose_keep_float(sweep, size_ratio=args.size_ratio, max_drop=args.max_drop)
+    checks = sensitivity.check_keep_float(args.model, args.data, out, {"sweep": choice["keep_float"],
+                                          "paper": choice["paper"]["keep_float"]}, sweep)
+    result = {**choice, "measured": checks, "sweep_file": str(out / "sensitivity.json")}
+    _engine("atomic").atomic_write_text(out / "keep_float.json", json.dumps(result, indent=2) + "\n")
+    kept = set(choice["groups_kept"])
+    print(f"{'group':42s} {'bytes saved':>11s} {'Dice':>8s} {'drop':>8s} {'+-SE':>7s}")
+    print(f"{'float (nothing INT8)':42s} {'':>11s} {sweep['float']['dice']:8.3f}")
+    print(f"{'all INT8':42s} {'':>11s} {sweep['all_quantized']['dice']:8.3f} {sweep['all_quantized']['drop']:8.3f}")
+    for name, g in sorted(sweep["groups"].items(), key=lambda kv: -kv[1]["drop"]):
+        se = "" if g["drop_se"] is None else f"{g['drop_se']:7.3f}"
+        print(f"{name + (' [float]' if name in kept else ''):42s} {g['bytes_saved']:11,d} {g['dice']:8.3f} {g['drop']:8.3f} {se}")
+    for name, check in checks.items():
+        print(f"{name} list: predicted {check['predicted_ratio']:.3f}x, measured {check['measured_ratio']:.3f}x "
+              f"({check['measured_bytes']:,} B); Dice fake-quant {check['fake_quant']['dice']:.3f}"
+              + (f", INT8 runtime {check['int8_runtime']['dice']:.3f}" if "int8_runtime" in check else "")
+              + f" (float {sweep['float']['dice']:.3f}, n={sweep['n_images']} {sweep['split']})")
+    print(f"keep_float: {choice['keep_float']}\nwritten: {out / 'keep_float.json'} (use: adaqat qat --keep-float-file ...); "
+          f"sweep took {sweep['seconds']:.0f} s")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -203,8 +252,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=["paper"])
     p.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (paper) instead of per-channel")
     p.add_argument("--keep-float", nargs="*", metavar="PATTERN", help="module-name patterns kept in float (default: encoder qkv + adapters)")
+    p.add_argument("--keep-float-file", metavar="JSON", help="keep_float.json from `adaqat sensitivity` (its \"keep_float\" list)")
     p.add_argument("--resume")
     p.set_defaults(func=cmd_qat)
+
+    p = sub.add_parser("sensitivity", help="quantize one layer group at a time, record the Dice drop, choose the float-kept list for a size target")
+    p.add_argument("--data", required=True, help="dataset folder the model was trained on (its val split is scored)")
+    p.add_argument("--split-by", choices=["auto", "patient", "image"], help="split grouping, as in training (auto: patient when known)")
+    p.add_argument("--seed", type=int, help="split and box-jitter seed, as in training (default 42)")
+    p.add_argument("--limit", type=int, help="score only the first N images of the split (quick runs)")
+    p.add_argument("--model", required=True, help="FP32 model (exported model.pt / model_fp32.pt, or an official SAM .pth)")
+    p.add_argument("-o", "--out", required=True, help="folder for sensitivity.json/.csv/.png, keep_float.json and the INT8 artefacts")
+    p.add_argument("--split", default="val", choices=["val", "train"], help="split to score on (never test: the choice must not see it)")
+    p.add_argument("--prompt", default="two_pass", choices=["two_pass", "whole", "box"])
+    p.add_argument("--size-ratio", type=float, default=2.24, help="the INT8 file must stay at least this many times smaller than FP32")
+    p.add_argument("--max-drop", type=float, help="groups losing at most this many Dice points are quantized anyway (default 0)")
+    p.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (paper) instead of per-channel")
+    p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("evaluate", help="per-image Dice/IoU/NSD/HD95/ASSD of a model on a split; or --compare two CSVs (Wilcoxon)")
     _add_data_args(p, training=False)
