@@ -158,7 +158,7 @@ class _Bench:
         if is_int8_artefact(self.model_path):
             raise CheckpointError(f"{self.model_path}: is an INT8 artefact; the sweep needs the FP32 model "
                                   "(an exported model.pt / model_fp32.pt)")
-        self.network = load_model(self.model_path, prompt_mode=prompt_mode).eval()
+        self.network = load_model(self.model_path, prompt_mode=prompt_mode, runtime="eager").eval()  # fake-quant needs the PyTorch encoder, not onnxruntime
         parser = ConfigParser()
         parser.read_config([config_file("train"), config_file("evaluate")])
         parser.update({"bundle_root": str(BUNDLE_ROOT), "dataset_dir": str(Path(data_dir).resolve()),
