@@ -234,8 +234,7 @@ def run_protocol(settings: StudySettings, protocol: str, foundation: str) -> dic
         "stage1_checkpoint": stage1_ckpt, "qat": {"keep_float": swept, "per_channel": True},
         # no training: build the stage-2 network from the AdaLoRA checkpoint and write its real INT8 artefact
         "run": [f"$scripts.export.export_int8(@network, None, {str(ptq_model)!r})"]}, "model_int8.pt",
-        epochs=epochs, qat_epochs=0, keep_float=swept)
-    results["ptq"]["trainable"] = 0  # nothing was trained
+        epochs=epochs, qat_epochs=0, keep_float=swept, trainable=0)  # nothing is trained
     budget = int(round(results["adalora"]["seconds"] + results["adalora_qat"]["seconds"]))
     results["unet"] = train("unet", ["train", "unet_baseline"], {"time_limit_s": max(1, budget), "num_epochs": 100000},
                             "model_fp32.pt", time_limit_s=max(1, budget))

@@ -168,7 +168,7 @@ def markdown_tables(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             continue
         seen.add(r["method"])
         epochs = "time-limited" if r["method"] == "unet" else f"{r['epochs']}" + (f" + {r['qat_epochs']}" if r["qat_epochs"] is not None else "")
-        lines.append(f"| {r['label']} | {r['precision']} | {r['trainable']:,} | {_num(r['reduction_vs_full'], '.1f')}x | {epochs} | "
+        lines.append(f"| {r['label']} | {r['precision']} | {r['trainable']:,} | {_num(r['reduction_vs_full'], '.1f')}{'x' if r['reduction_vs_full'] else ''} | {epochs} | "
                      f"{_num(r['train_seconds'], '.0f')} | {r['file_bytes'] / 1e6:.2f} | {r['size_ratio_vs_fp32']:.2f}x | "
                      f"{_num(r['latency_ms'], '.1f')} | {_num(r['peak_rss_mib'], '.0f')} |")
     return lines
