@@ -103,6 +103,9 @@ def test_criteria_pass_and_fail(tmp_path):
     check = criteria(protocol_rows("jsrt", tmp_path / "bad", list(METHODS), bad), bad)
     assert not any(c["pass"] for c in check["int8_vs_fp32"].values())  # 3 points worse on every image: p < 0.05
     assert not check["param_reduction"]["pass"] and not check["size_ratio"]["pass"]
+    better = _synthetic_protocol(tmp_path / "better", int8_shift=-0.03)  # significantly *better* INT8 is not worse
+    check = criteria(protocol_rows("jsrt", tmp_path / "better", list(METHODS), better), better)
+    assert all(c["pass"] and c["p"] < 0.05 and c["diff_points"] > 2 for c in check["int8_vs_fp32"].values())
 
 
 def test_results_files_list_every_method_and_row(tmp_path):
