@@ -83,9 +83,10 @@ def rank_plot(rank_pattern_json: Path, path: Path) -> Path:
         grid[layers.index(layer), modules.index(module)] = rank
     fig, (ax_map, ax_budget) = plt.subplots(1, 2, figsize=(11, max(3.5, 0.45 * len(layers) + 1.5)))
     image = ax_map.imshow(grid, aspect="auto", cmap="viridis")
+    middle = (np.nanmin(grid) + np.nanmax(grid)) / 2
     for (i, j), value in np.ndenumerate(grid):
-        if np.isfinite(value):
-            ax_map.text(j, i, f"{int(value)}", ha="center", va="center", color="w")
+        if np.isfinite(value):  # dark text on the bright (high-rank) cells of viridis
+            ax_map.text(j, i, f"{int(value)}", ha="center", va="center", color="k" if value > middle else "w")
     ax_map.set_xticks(range(len(modules)), modules)
     ax_map.set_yticks(range(len(layers)), [f"block {i}" for i in layers])
     ax_map.set_title("AdaLoRA rank at the end of stage 1")
