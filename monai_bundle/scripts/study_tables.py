@@ -238,6 +238,8 @@ def write_results(out: Path, protocols: Mapping[str, Mapping[str, Any]], setting
         plots = meta.get("plots") or {}
         if plots:
             md += ["Plots:", ""] + [f"- {name}: ![{name}]({Path(path).relative_to(out)})" for name, path in plots.items()] + [""]
+            if protocol == "jsrt":
+                md += ["The JSRT overlay grid shows JSRT pixels (research-use licence): never commit it; the other plots hold no image data.", ""]
     atomic_write_text(out / "comparison.csv", _csv_text(all_rows))
     atomic_write_text(out / "comparison.json", json.dumps({"settings": dict(settings), "machine": dict(facts), "rows": all_rows,
                                                           "criteria": checks}, indent=2, default=str) + "\n")
