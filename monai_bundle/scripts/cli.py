@@ -174,6 +174,16 @@ def cmd_infer(args: argparse.Namespace) -> None:
     print(f"masks written to {Path(args.output).resolve()}")
 
 
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    bench = _engine("benchmark")
+    out = Path(args.out).resolve()
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    result = bench.run(args.arch, out, image_size=args.image_size, routes=args.routes, threads=args.threads,
+                       repeats=args.repeats, warmup=args.warmup, log=log)
+    print(bench.markdown(result))
+    print(f"written: {out} and {out.with_suffix('.md')}")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     stage_configs = ["train"] + ([args.preset] if args.preset else [])
     if args.stage == 2:
@@ -296,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "eager: PyTorch only")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("benchmark", help="CPU latency, images/s, peak memory, load time, file size of every route "
+                                         "(eager/onnxruntime/compiled, FP32/INT8/fake-quant), random weights")
+    p.add_argument("--arch", nargs="+", default=["vit_b", "small"], choices=["small", "vit_b", "vit_l", "vit_h"])
+    p.add_argument("--image-size", type=int, help="SAM input size (default: 1024 for ViT-B/L/H, the arch's own for small)")
+    p.add_argument("--routes", nargs="+", metavar="ROUTE",
+                   help="subset of eager_fp32 eager_int8 eager_fake_quant ort_fp32 ort_int8 compiled_fp32 compiled_pt2e_int8")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs after the warm-up (the median is reported)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("-o", "--out", default="runs/bench/benchmark.json", help="JSON report; the Markdown goes beside it")
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("export", help="export a training checkpoint: FP32 with adapters merged (stage 1) or INT8 (stage 2)")
     _add_data_args(p, training=False)

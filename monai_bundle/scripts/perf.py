@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-RUNTIMES = ("eager",)
+# eager / ort: load_model's runtimes; compiled*: the torch.compile routes of scripts.compiled_runtime.
+RUNTIMES = ("eager", "ort", "compiled", "compiled_pt2e_int8")
 # The package this module lives in (``scripts`` in the bundle, ``adaqat_bundle.scripts`` installed) and
 # the folder that must be on sys.path for the child to import it by the same name.
 _PACKAGE = __package__ or "scripts"
@@ -51,41 +52,58 @@ def measure(model_path: str, *, image_size: int | None = None, threads: int = 2,
 
     ``fake_quant``: fake-quantize the loaded float model's Linears with the paper's float-kept list
     (weights rounded to int8 levels, computed in float): the paper's way of running INT8.
-    ``keep_float``: the float-kept patterns for ``fake_quant`` (default: the paper's list).
+    ``keep_float``: the float-kept patterns for ``fake_quant`` and ``compiled_pt2e_int8`` (default: the paper's).
+    ``repeats=0`` only loads (e.g. to build the cached .onnx of the ``ort`` runtime outside the timing).
+    Compiled runtimes compile in the first warm-up pass: ``warmup_all_s[0]`` is the compile time.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    if repeats < 0 or warmup < 0:
+        raise ValueError(f"need repeats >= 0 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     import torch
 
     torch.set_num_threads(threads)
     from .export import load_model
 
+    from .model_factory import PAPER_KEEP_FLOAT
+
+    kept = list(PAPER_KEEP_FLOAT) if keep_float is None else list(keep_float)
     start = time.perf_counter()
-    network = load_model(model_path, prompt_mode=prompt_mode)
+    network = load_model(model_path, prompt_mode=prompt_mode, runtime="ort" if runtime == "ort" else "eager")
     if fake_quant:
-        from .model_factory import PAPER_KEEP_FLOAT
         from .quantizer import apply_fake_quant
 
-        kept = list(PAPER_KEEP_FLOAT) if keep_float is None else list(keep_float)
         apply_fake_quant(network, keep_float=kept, per_channel=True)
+    if runtime == "compiled":
+        from .compiled_runtime import compile_encoder
+
+        compile_encoder(network)
+    elif runtime == "compiled_pt2e_int8":
+        from .compiled_runtime import pt2e_int8_encoder
+
+        pt2e_int8_encoder(network, keep_float=kept)
     load_s = time.perf_counter() - start
+    base = {"model_path": os.fspath(model_path), "runtime": runtime, "fake_quant": bool(fake_quant),
+            "prompt_mode": prompt_mode, "threads": threads, "repeats": repeats, "warmup": warmup, "load_s": load_s,
+            "file_bytes": Path(model_path).stat().st_size}
+    onnx_path = getattr(network.sam.image_encoder, "onnx_path", None)
+    if onnx_path:
+        base["onnx_bytes"] = Path(onnx_path).stat().st_size
+    if repeats == 0:
+        return {**base, "peak_rss_mib": _peak_rss_mib()}
     size = int(image_size or network.image_size)
     image = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(0))
     times = []
     with torch.inference_mode():
-        for i in range(warmup + repeats):
+        for _ in range(warmup + repeats):
             t = time.perf_counter()
             out = network(image)
-            if i >= warmup:
-                times.append(time.perf_counter() - t)
+            times.append(time.perf_counter() - t)
+    warm, times = times[:warmup], times[warmup:]
     median = statistics.median(times)
     return {
-        "model_path": os.fspath(model_path), "runtime": runtime, "fake_quant": bool(fake_quant),
-        "prompt_mode": prompt_mode, "image_size": size, "threads": threads, "repeats": repeats, "warmup": warmup,
-        "latency_s": median, "latency_all_s": times, "images_per_s": 1.0 / median,
-        "peak_rss_mib": _peak_rss_mib(), "load_s": load_s, "file_bytes": Path(model_path).stat().st_size,
+        **base, "image_size": size, "latency_s": median, "latency_all_s": times, "warmup_all_s": warm,
+        "images_per_s": 1.0 / median, "peak_rss_mib": _peak_rss_mib(),
         # A cheap fingerprint of the output, so a caller can see two routes computed the same thing.
         "output_mean": float(out.float().mean()),
     }

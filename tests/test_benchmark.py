@@ -1,0 +1,54 @@
+"""The benchmark's report: structure, ratios computed from the measured numbers, peak memory per route.
+
+No timing assertions: speed claims come from the benchmark's own output files, not from tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scripts import benchmark
+from scripts.perf import measure_in_child
+
+
+def test_speedups_are_fp32_over_int8_of_the_same_runtime_only() -> None:
+    results = {"eager_fp32": {"latency_s": 8.0}, "eager_int8": {"latency_s": 4.0}, "eager_fake_quant": {"latency_s": 10.0},
+               "ort_fp32": {"latency_s": 3.0}, "ort_int8": {"error": "x"}}
+    rows = {r["comparison"]: r["speedup"] for r in benchmark.speedups(results)}
+    assert rows == {"eager INT8 (ours) vs eager FP32": 2.0, "eager INT8 (ours) vs eager fake-quant (paper)": 2.5}
+
+
+def test_measure_in_child_reports_its_own_numbers(tmp_path: Path) -> None:
+    files = benchmark.build_models("small", 128, tmp_path, ["*image_encoder.blocks.*.attn.qkv*"])
+    r = measure_in_child(str(files["int8"]), threads=1, repeats=2, warmup=1, runtime="eager")
+    assert len(r["latency_all_s"]) == 2 and r["latency_s"] == pytest.approx(sorted(r["latency_all_s"])[0] / 2 + sorted(r["latency_all_s"])[1] / 2)
+    assert r["images_per_s"] == pytest.approx(1 / r["latency_s"])
+    assert r["file_bytes"] == files["int8"].stat().st_size and r["image_size"] == 128 and r["threads"] == 1
+    assert r["peak_rss_mib"] > 50
+    with pytest.raises(RuntimeError, match="failed"):
+        measure_in_child(str(files["int8"]), threads=1, repeats=1, runtime="eager", prompt_mode="nonsense")
+
+
+def test_small_benchmark_writes_json_and_markdown_with_ratios_from_measured_latencies(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    routes = ["eager_fp32", "eager_int8", "ort_fp32", "ort_int8"]
+    out = tmp_path / "bench.json"
+    benchmark.run(["small"], out, image_size=128, routes=routes, threads=1, repeats=1, warmup=0, log=lambda _: None)
+    result = json.loads(out.read_text())
+    (arch,) = result["archs"]
+    assert list(arch["routes"]) == routes
+    for name, r in arch["routes"].items():
+        assert "error" not in r, (name, r.get("error"))
+        assert r["peak_rss_mib"] > 0 and r["threads"] == 1 and len(r["latency_all_s"]) == 1
+    assert arch["routes"]["ort_int8"]["onnx_bytes"] < arch["routes"]["ort_fp32"]["onnx_bytes"]
+    assert "export_s" in arch["routes"]["ort_fp32"]
+    lat = {k: v["latency_s"] for k, v in arch["routes"].items()}
+    speedups = {(s["baseline"], s["route"]): s["speedup"] for s in arch["speedups"]}
+    assert speedups == pytest.approx({("eager_fp32", "eager_int8"): lat["eager_fp32"] / lat["eager_int8"],
+                                      ("ort_fp32", "ort_int8"): lat["ort_fp32"] / lat["ort_int8"]})
+    assert arch["fastest"] == min(lat, key=lat.get)
+    md = out.with_suffix(".md").read_text()
+    assert "onnxruntime INT8 vs onnxruntime FP32" in md and f"**{arch['fastest']}**" in md
