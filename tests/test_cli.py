@@ -12,12 +12,15 @@ import pytest
 ADAQAT = Path(sys.executable).with_name("adaqat")
 COMMANDS = {
     "train": ["--data", "--checkpoint", "--preset", "--resume"],
-    "qat": ["--stage1", "--per-tensor", "--keep-float"],
+    "qat": ["--stage1", "--per-tensor", "--keep-float", "--keep-float-file"],
     "evaluate": ["--model", "--compare", "--low-res", "--prompt"],
     "infer": ["INPUT", "--model", "OUTDIR"],
     "export": ["--stage", "checkpoint"],
     "stats": ["--arch", "--json"],
     "pipeline": ["--data", "--checkpoint", "--epochs"],
+    "sensitivity": ["--model", "--size-ratio", "--split"],
+    "compare": ["--protocol", "--foundation", "--quick"],
+    "benchmark": ["--arch", "--routes", "--threads", "--keep-float"],
 }
 
 

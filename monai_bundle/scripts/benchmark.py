@@ -106,7 +106,9 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['threads']} threads, median of {result['repeats']} runs after {result['warmup']} warm-up; "
              f"random weights; torch {result['machine']['torch']}, {result['machine']['cpu']}. "
              "eager = PyTorch eager; ort = image encoder in onnxruntime (decoder in torch); "
-             "compiled = image encoder through torch.compile.", ""]
+             "compiled = image encoder through torch.compile.",
+             "Kept in float (INT8 routes): " + (", ".join(f"`{p}`" for p in result["keep_float"]) or "nothing (every Linear INT8)") + ".",
+             ""]
     for arch in result["archs"]:
         lines += [f"## {arch['arch']} at {arch['image_size']}x{arch['image_size']}", "",
                   "| route | median latency (s) | images/s | peak RSS (MiB) | load (s) | export/compile (s) | file (MB) |",

@@ -89,6 +89,18 @@ def read_keep_float_file(path: str | Path) -> list[str]:
     return patterns
 
 
+def chosen_keep_float(args: argparse.Namespace) -> list[str] | None:
+    """``--keep-float PATTERN...`` or ``--keep-float-file JSON`` (not both); None when neither is given."""
+    if args.keep_float is not None and args.keep_float_file:
+        raise ValueError("give --keep-float or --keep-float-file, not both")
+    return read_keep_float_file(args.keep_float_file) if args.keep_float_file else args.keep_float
+
+
+def _add_keep_float_args(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--keep-float", nargs="*", metavar="PATTERN", help=f"module-name patterns kept in float (default: {default}; the flag with no pattern: every Linear INT8)")
+    p.add_argument("--keep-float-file", metavar="JSON", help="keep_float.json from `adaqat sensitivity` (its \"keep_float\" list)")
+
+
 def qat_bundle_args(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     """Configs and overrides of ``adaqat qat`` (what it hands to the bundle runner)."""
     configs = ["train"] + ([args.preset] if args.preset else []) + ["train_qat"] + (["paper_qat"] if args.preset == "paper" else [])
@@ -96,9 +108,7 @@ def qat_bundle_args(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]
     out = Path(args.out).resolve()
     overrides.update({"run_dir": str(out), "export_path": str(out / "model_int8.pt"),
                       "stage1_checkpoint": str(Path(args.stage1).resolve())})
-    if args.keep_float is not None and args.keep_float_file:
-        raise ValueError("give --keep-float or --keep-float-file, not both")
-    keep_float = read_keep_float_file(args.keep_float_file) if args.keep_float_file else args.keep_float
+    keep_float = chosen_keep_float(args)
     if args.per_tensor:
         overrides["qat#per_channel"] = False
     if keep_float is not None:
@@ -179,7 +189,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     out = Path(args.out).resolve()
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     result = bench.run(args.arch, out, image_size=args.image_size, routes=args.routes, threads=args.threads,
-                       repeats=args.repeats, warmup=args.warmup, log=log)
+                       repeats=args.repeats, warmup=args.warmup, keep_float=chosen_keep_float(args), log=log)
     print(bench.markdown(result))
     print(f"written: {out} and {out.with_suffix('.md')}")
 
@@ -261,8 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--preset", choices=["paper"])
     p.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (paper) instead of per-channel")
-    p.add_argument("--keep-float", nargs="*", metavar="PATTERN", help="module-name patterns kept in float (default: encoder qkv + adapters)")
-    p.add_argument("--keep-float-file", metavar="JSON", help="keep_float.json from `adaqat sensitivity` (its \"keep_float\" list)")
+    _add_keep_float_args(p, "encoder qkv + adapters")
     p.add_argument("--resume")
     p.set_defaults(func=cmd_qat)
 
@@ -316,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="timed runs after the warm-up (the median is reported)")
     p.add_argument("--warmup", type=int, default=1)
+    _add_keep_float_args(p, "the paper's list, encoder qkv + adapters")
     p.add_argument("-o", "--out", default="runs/bench/benchmark.json", help="JSON report; the Markdown goes beside it")
     p.set_defaults(func=cmd_benchmark)
 
