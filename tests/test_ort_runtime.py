@@ -119,7 +119,21 @@ def test_forced_eager_builds_nothing(models: dict[str, Path], tmp_path: Path) ->
     assert not list(tmp_path.glob("*.onnx"))
 
 
+def test_auto_runs_small_encoders_eager_and_large_ones_in_onnxruntime(models: dict[str, Path], monkeypatch) -> None:
+    from scripts import export
+    from scripts.sam_model import ARCHS
+
+    small, vit_b = ort_runtime.encoder_work(load_model(models["fp32"], runtime="eager").arch), ort_runtime.encoder_work(ARCHS["vit_b"])
+    assert small < ort_runtime.ORT_MIN_ENCODER_WORK <= vit_b
+    assert not isinstance(load_model(models["int8"]).sam.image_encoder, OrtImageEncoder)
+    monkeypatch.setattr(export, "ORT_MIN_ENCODER_WORK", small)  # as if the small SAM were big enough
+    assert isinstance(load_model(models["int8"]).sam.image_encoder, OrtImageEncoder)
+
+
 def test_missing_onnxruntime_falls_back_to_eager_with_one_log_line(models: dict[str, Path], monkeypatch, caplog) -> None:
+    from scripts import export
+
+    monkeypatch.setattr(export, "ORT_MIN_ENCODER_WORK", 0)  # auto would pick onnxruntime for this model
     monkeypatch.setattr(ort_runtime, "available", lambda: False)
     with caplog.at_level(logging.WARNING):
         network = load_model(models["int8"])

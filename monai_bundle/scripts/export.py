@@ -21,7 +21,7 @@ from .distributed import is_main_process, unwrap
 from .int8_export import apply_int8_state, export_int8_state, load_int8_artefact, save_int8
 from .model_factory import load_network_checkpoint
 from .network import SamSegmenter
-from .ort_runtime import resolve_runtime, use_ort_encoder
+from .ort_runtime import ORT_MIN_ENCODER_WORK, encoder_work, resolve_runtime, use_ort_encoder
 from .quantizer import remove_fake_quant
 from .sam_model import CheckpointError, infer_arch, read_state_dict
 from .unet_baseline import is_unet_file, load_unet
@@ -97,8 +97,9 @@ def load_model(path: str | os.PathLike, arch: str | dict | None = None, image_si
     A training checkpoint with adapters is refused with a hint, since adapters are merged by export.
     The comparison study's UNet baseline file -> that UNet (prompt-free; ``prompt_mode`` and ``runtime`` are ignored).
 
-    ``runtime``: ``"auto"`` (default) runs the image encoder with onnxruntime on CPU when it is installed
-    (the fastest measured route, see ``scripts.ort_runtime``), else eager; ``"ort"`` requires it;
+    ``runtime``: ``"auto"`` (default) runs the image encoder with onnxruntime on CPU when it is installed and
+    the encoder is large enough for that to be faster (ViT-B/L/H; the small CPU SAM stays eager, as measured,
+    see ``scripts.ort_runtime.ORT_MIN_ENCODER_WORK``), else eager; ``"ort"`` requires it;
     ``"eager"`` keeps everything in PyTorch (needed for training, autograd or a GPU).
     """
     if is_unet_baseline(path):
@@ -107,6 +108,8 @@ def load_model(path: str | os.PathLike, arch: str | dict | None = None, image_si
     network = _load_eager(path, arch, image_size, prompt_mode, device)
     if chosen == "eager":
         return network
+    if runtime in (None, "auto") and encoder_work(network.arch) < ORT_MIN_ENCODER_WORK:
+        return network  # small encoders run faster in eager PyTorch (measured; see ort_runtime.ORT_MIN_ENCODER_WORK)
     try:
         return use_ort_encoder(network, path)
     except Exception as exc:

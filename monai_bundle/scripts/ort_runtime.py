@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from .atomic import atomic_path
 from .int8_runtime import Int8Linear
+from .sam_model import PATCH_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +226,19 @@ def resolve_runtime(runtime: str | None, device: str | torch.device = "cpu") -> 
     return "ort"
 
 
+# "auto" sends an encoder to onnxruntime only above this much work (tokens x width x depth). Measured with
+# `adaqat benchmark` (docs/results.md, 2 threads): the small CPU SAM at 256 px (0.26 M) runs faster in eager
+# PyTorch (22 ms vs 32 ms), ViT-B at 1024 px (37.7 M) 2.2x faster in onnxruntime (4.3 s vs 9.3 s, INT8).
+# The crossover lies between the two; the threshold is set in between, not measured more finely.
+ORT_MIN_ENCODER_WORK = 4_000_000
+
+
+def encoder_work(arch: Any) -> int:
+    """Tokens x embedding width x depth of a SAM image encoder: what decides which route is faster."""
+    patches = (arch.image_size // PATCH_SIZE) ** 2
+    return patches * arch.embed_dim * arch.depth
+
+
 def use_ort_encoder(network: nn.Module, model_path: str | os.PathLike, threads: int | None = None) -> nn.Module:
     """Replace ``network.sam.image_encoder`` by an :class:`OrtImageEncoder` built from ``model_path``."""
     session, path = encoder_session(network.sam.image_encoder, model_path, network.image_size, threads)
@@ -232,5 +246,5 @@ def use_ort_encoder(network: nn.Module, model_path: str | os.PathLike, threads: 
     return network
 
 
-__all__ = ["RUNTIMES", "OrtImageEncoder", "available", "build_encoder_onnx", "cache_candidates", "encoder_session",
+__all__ = ["ORT_MIN_ENCODER_WORK", "encoder_work", "RUNTIMES", "OrtImageEncoder", "available", "build_encoder_onnx", "cache_candidates", "encoder_session",
            "file_sha256", "resolve_runtime", "use_ort_encoder"]
