@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 
@@ -14,24 +13,17 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from scripts import ort_runtime  # noqa: E402
-from scripts.atomic import atomic_torch_save  # noqa: E402
+from scripts.benchmark import write_model_files  # noqa: E402
 from scripts.export import load_model  # noqa: E402
-from scripts.int8_export import export_int8_state, load_int8_artefact, save_int8  # noqa: E402
+from scripts.int8_export import load_int8_artefact  # noqa: E402
 from scripts.model_factory import PAPER_KEEP_FLOAT  # noqa: E402
 from scripts.network import SamSegmenter  # noqa: E402
 from scripts.ort_runtime import OrtImageEncoder  # noqa: E402
-from scripts.quantizer import apply_fake_quant  # noqa: E402
 
 
 def write_models(network: SamSegmenter, folder: Path) -> dict[str, Path]:
     """The FP32 model file and the INT8 artefact (paper's float-kept qkv) of ``network``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fp32 = atomic_torch_save({k: v.clone() for k, v in network.state_dict().items()}, folder / "model.pt")
-    quantized = copy.deepcopy(network)
-    names = apply_fake_quant(quantized, keep_float=list(PAPER_KEEP_FLOAT), per_channel=True)
-    int8 = save_int8(export_int8_state(quantized, names, per_channel=True), folder / "model_int8.pt",
-                     extra_meta={"arch": network.arch.to_dict(), "prompt_mode": "whole", "refine_margin": 10.0})
-    return {"fp32": Path(fp32), "int8": Path(int8)}
+    return write_model_files(network, folder, PAPER_KEEP_FLOAT)
 
 
 @pytest.fixture(scope="module")

@@ -46,18 +46,25 @@ def build_models(arch: str, image_size: int | None, folder: Path, keep_float: Se
     """Write the FP32 model and the INT8 artefact of one randomly initialised network."""
     import torch
 
-    from .atomic import atomic_torch_save
-    from .int8_export import export_int8_state, save_int8
     from .network import SamSegmenter
-    from .quantizer import apply_fake_quant
 
     torch.manual_seed(0)
-    network = SamSegmenter(arch, image_size=image_size, prompt_mode="whole").eval()
+    return write_model_files(SamSegmenter(arch, image_size=image_size, prompt_mode="whole").eval(), folder, keep_float)
+
+
+def write_model_files(network: Any, folder: Path, keep_float: Sequence[str]) -> dict[str, Path]:
+    """``network`` as the two shipped files: FP32 ``model.pt`` and the INT8 artefact ``model_int8.pt``."""
+    from .atomic import atomic_torch_save
+    from .int8_export import export_int8_state, save_int8
+    from .quantizer import apply_fake_quant
+
+    folder.mkdir(parents=True, exist_ok=True)
     fp32 = atomic_torch_save({k: v.clone() for k, v in network.state_dict().items()}, folder / "model.pt")
     quantized = copy.deepcopy(network)
     names = apply_fake_quant(quantized, keep_float=list(keep_float), per_channel=True)
     int8 = save_int8(export_int8_state(quantized, names, per_channel=True), folder / "model_int8.pt",
-                     extra_meta={"arch": network.arch.to_dict(), "prompt_mode": "whole", "refine_margin": 10.0})
+                     extra_meta={"arch": network.arch.to_dict(), "prompt_mode": network.prompt_mode,
+                                 "refine_margin": network.refine_margin})
     return {"fp32": Path(fp32), "int8": Path(int8)}
 
 
@@ -157,4 +164,4 @@ def run(archs: Sequence[str], out: str | Path, *, image_size: int | None = None,
     return result
 
 
-__all__ = ["COMPARISONS", "ROUTES", "build_models", "markdown", "run", "speedups"]
+__all__ = ["COMPARISONS", "ROUTES", "build_models", "markdown", "run", "speedups", "write_model_files"]
