@@ -1,6 +1,6 @@
 """Measure one model file's CPU speed and memory in a fresh child process.
 
-Why a child process: peak resident memory (``ru_maxrss``) is per process and never goes down, so a
+Why a child process: peak resident memory (the process's high-water mark, VmHWM) never goes down, so a
 model measured after another in the same process would inherit the other's peak. Each measurement
 therefore loads the file with :func:`scripts.export.load_model` in its own interpreter, runs
 ``warmup`` untimed and ``repeats`` timed forward passes on one fixed input, and prints its result
