@@ -12,6 +12,7 @@ want=$(cat setup.py scripts/setup_env.sh | md5sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+# --no-cache-dir: the 3 GB of wheels would stay in ~/.cache/pip; the other venvs hard-link this install instead
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir torch==2.14.1 torchvision==0.29.1
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,bench,study]"
 echo "$want" > "$stamp"

@@ -18,6 +18,10 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 start=$(date +%s)
+# the core .venv's torch, hard-linked instead of unpacked a second time (5.5 GB); pip installs it when that fails
+if [ -x .venv/bin/python ]; then
+  .venv/bin/python scripts/link_torch.py "$venv" || true
+fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -r monailabel_app/requirements.txt
 "$venv/bin/python" -m pip check

@@ -129,7 +129,10 @@ def _check_venv(metadata: dict) -> Path:
     shutil.rmtree(CHECK_VENV, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(CHECK_VENV)], check=True)
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run(pip + torch_pins, check=True)  # first and pinned, as the set-up scripts do
+    # this environment's torch hard-linked (the same pinned wheels; saves 5.5 GB of disk), then the pinned install
+    # as the set-up scripts do, which installs from the registry whatever could not be linked
+    subprocess.run([sys.executable, str(REPO / "scripts" / "link_torch.py"), str(CHECK_VENV)])
+    subprocess.run(pip + torch_pins, check=True)
     subprocess.run(pip + pins, check=True)
     stamp.write_text(stamp_value)
     return python
