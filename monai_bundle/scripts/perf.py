@@ -86,7 +86,8 @@ def measure(model_path: str, *, image_size: int | None = None, threads: int = 2,
     base = {"model_path": os.fspath(model_path), "runtime": runtime, "fake_quant": bool(fake_quant),
             "prompt_mode": prompt_mode, "threads": threads, "repeats": repeats, "warmup": warmup, "load_s": load_s,
             "file_bytes": Path(model_path).stat().st_size}
-    onnx_path = getattr(network.sam.image_encoder, "onnx_path", None)
+    sam = getattr(network, "sam", None)  # the study's UNet baseline has no SAM encoder (nor an .onnx beside it)
+    onnx_path = getattr(getattr(sam, "image_encoder", None), "onnx_path", None)
     if onnx_path:
         base["onnx_bytes"] = Path(onnx_path).stat().st_size
     if repeats == 0:
