@@ -31,13 +31,14 @@ NOT_FOLLOWED = {"torchvision": {"numpy", "pillow"}}  # torchvision's own deps: t
 def closure(roots: tuple[str, ...] = ROOTS) -> dict[str, metadata.Distribution]:
     """Installed distributions of ``roots`` and everything torch requires here (extras and markers evaluated)."""
     found: dict[str, metadata.Distribution] = {}
+    seen: set[tuple[str, frozenset[str]]] = set()
     todo = [(canonicalize_name(r), frozenset()) for r in roots]
     while todo:
         name, extras = todo.pop()
-        if name in found and not extras:
+        if (name, extras) in seen:  # the same name again with other extras is walked again, never twice alike
             continue
-        dist = metadata.distribution(name)
-        found[name] = dist
+        seen.add((name, extras))
+        dist = found.setdefault(name, metadata.distribution(name))
         for line in dist.requires or []:
             req = Requirement(line)
             dep = canonicalize_name(req.name)
