@@ -53,12 +53,12 @@ def closure(roots: tuple[str, ...] = ROOTS) -> dict[str, metadata.Distribution]:
 def target_site_packages(venv: Path) -> Path:
     """The target venv's site-packages, refused when its Python is not this one's version."""
     python = venv / "bin" / "python"
-    code = "import sys, sysconfig; print(sys.version_info[:2] == %r); print(sysconfig.get_paths()['purelib'])"
-    out = subprocess.run([str(python), "-c", code % (tuple(sys.version_info[:2]),)],
-                         capture_output=True, text=True, check=True).stdout.split("\n")
-    if out[0] != "True":
-        raise SystemExit(f"{python}: another Python version than {sys.executable}; nothing linked")
-    return Path(out[1])
+    code = "import sys, sysconfig; print('%d.%d' % sys.version_info[:2]); print(sysconfig.get_paths()['purelib'])"
+    version, site = subprocess.run([str(python), "-c", code], capture_output=True, text=True,
+                                   check=True).stdout.splitlines()
+    if version != "%d.%d" % sys.version_info[:2]:
+        raise SystemExit(f"{python}: Python {version}, not this one's ({sys.executable}); nothing linked")
+    return Path(site)
 
 
 def link_into(venv: Path) -> list[str]:

@@ -18,12 +18,14 @@ LINK = [sys.executable, str(REPO / "scripts" / "link_torch.py")]
 def linked_venv():  # noqa: ANN201 (a generator fixture)
     # beside .venv, as the real targets are: hard links cannot cross file systems, and /tmp may be another
     venv = Path(tempfile.mkdtemp(prefix=".venv-link-test-", dir=REPO)) / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    out = subprocess.run(LINK + [str(venv)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert "torch==" in out.stderr and "torchvision==" in out.stderr
-    yield venv
-    shutil.rmtree(venv.parent)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        out = subprocess.run(LINK + [str(venv)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert "torch==" in out.stderr and "torchvision==" in out.stderr
+        yield venv
+    finally:
+        shutil.rmtree(venv.parent)
 
 
 def test_the_closure_follows_torch_and_stops_at_torchvisions_own_deps():
@@ -32,9 +34,18 @@ def test_the_closure_follows_torch_and_stops_at_torchvisions_own_deps():
         from link_torch import closure
     finally:
         sys.path.remove(str(REPO / "scripts"))
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
     names = set(closure())
     assert {"torch", "torchvision", "sympy", "filelock"} <= names
-    assert any(n.startswith("nvidia-") for n in names) == any(n.startswith("nvidia-") for n in closure(("torch",)))
+    # every requirement of torch that applies here (markers true, no extra asked) is followed...
+    direct = [Requirement(r) for r in requires("torch")]
+    assert {r.name.lower() for r in direct if r.marker is None or r.marker.evaluate({"extra": ""})} <= names
+    # ...and so is what only an extra brings (torch asks for cuda-toolkit[cublas,...] on Linux)
+    if "cuda-toolkit" in names:
+        assert "nvidia-cublas" in names
     assert "numpy" not in names and "pillow" not in names  # the target's own pins decide those
 
 
