@@ -1,11 +1,13 @@
-"""Installs the engine's dependencies and the ``adaqat`` command.
+"""Installs the engine's dependencies, the bundle and the tools behind the ``adaqat`` command.
 
-The code installed is the bundle's own ``monai_bundle/scripts`` (package ``adaqat_bundle.scripts``),
-with the bundle configs as package data: one copy of every piece of logic, shared by the bundle,
-the CLI, the Slicer module and the MONAI Label app.
+Two packages: ``adaqat_bundle`` is the MONAI bundle folder (``monai_bundle/``: configs, docs and the
+engine in ``scripts/``), installed as it is so the tools can find and run it; ``adaqat`` is the tools
+(CLI, pipeline, report, study, sensitivity sweep, benchmark). The tools import the engine as
+``scripts.*`` from the bundle folder, exactly as ``python -m monai.bundle run`` does; the bundle never
+imports the tools.
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # Pinned to what the bundle's metadata declares (configs/metadata.json); torch is installed first,
 # pinned, by the set-up scripts (see README), so pip does not fetch another multi-GB build.
@@ -28,7 +30,7 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "PyYAML==6.0.4",
     "fire==0.7.1",
-    # the fastest CPU inference route (scripts/ort_runtime.py); load_model falls back to eager without them
+    # the fastest CPU inference route (monai_bundle/scripts/quantization/runtime_onnx.py); load_model falls back to eager without them
     "onnx==1.23.2",
     "onnxscript==0.7.2",
     "onnxruntime==1.32.0",
@@ -40,15 +42,17 @@ setup(
     description="AdaLoRA-QAT: compact SAM lung-field segmentation of chest X-rays (MONAI bundle, CLI)",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["adaqat_bundle", "adaqat_bundle.scripts"],
-    package_dir={"adaqat_bundle": "monai_bundle", "adaqat_bundle.scripts": "monai_bundle/scripts"},
+    packages=["adaqat_bundle", *(f"adaqat_bundle.{p}" for p in find_packages("monai_bundle")),
+              *find_packages(include=["adaqat", "adaqat.*"])],
+    package_dir={"adaqat_bundle": "monai_bundle"},
     package_data={"adaqat_bundle": ["configs/*.json", "configs/*.conf", "docs/*", "LICENSE", "large_files.yml"]},
     install_requires=INSTALL_REQUIRES,
     # slicer-core (+ its vtk) gives real MRML nodes for testing the Slicer module's logic without Slicer.
     extras_require={"test": ["pytest==9.2.0", "jsonschema", "slicer-core==5.13.31053.0", "vtk==9.6.2"],
-                    # the PT2E INT8 route of `adaqat benchmark` (X86InductorQuantizer); does not pull another torch
+                    # the PT2E INT8 route of `adaqat benchmark` (X86InductorQuantizer, adaqat/compiled_runtime.py);
+                    # does not pull another torch
                     "bench": ["torchao==0.18.0"],
                     # plots of `adaqat compare` (the engine itself draws nothing with matplotlib)
                     "study": ["matplotlib==3.11.2"]},
-    entry_points={"console_scripts": ["adaqat=adaqat_bundle.scripts.cli:main"]},
+    entry_points={"console_scripts": ["adaqat=adaqat.cli:main"]},
 )

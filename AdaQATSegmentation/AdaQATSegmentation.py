@@ -1,7 +1,7 @@
 """AdaQAT lung segmentation of chest X-rays in 3D Slicer: a thin Qt front end to the AdaQAT MONAI bundle.
 
 The widget only collects choices and shows progress; everything else is in ``AdaQATSegmentationLib``
-(plain Python, tested with real MRML nodes outside Slicer). Inference runs the bundle's ``adaqat infer``
+(plain Python, tested with real MRML nodes outside Slicer). Inference runs the bundle's inference config
 in a separate process, so the UI never freezes and Cancel stops it.
 """
 
@@ -175,8 +175,8 @@ class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
             for entry in entries:
                 dialog = slicer.util.createProgressDialog(labelText=f"Downloading {entry.path}", maximum=100)
 
-                def progress(done: int, total: int | None, dialog=dialog) -> bool:
-                    dialog.value = int(100 * done / total) if total else 0
+                def progress(fraction: float, dialog=dialog) -> bool:
+                    dialog.value = int(100 * fraction)
                     slicer.app.processEvents()
                     return not dialog.wasCanceled
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 
-from lib.errors import bad_extension, input_error, suffix, unknown_image, unknown_model
+from lib.errors import bad_extension, input_error, unknown_image, unknown_model
 from lib.infer import AdaQATInferTask, labels_from_metadata
 from lib.train import AdaQATTrainTask
 
@@ -30,8 +31,6 @@ MODELS = {
     "adaqat_fp32": ("model.pt", "AdaLoRA-adapted SAM, merged FP32 weights"),
     "adaqat_int8": ("model_int8.pt", "AdaLoRA-QAT SAM, real INT8 weights (CPU integer kernels)"),
 }
-# what the engine reads (scripts.cxr_io.SUPPORTED_SUFFIXES); uploads of other types are refused with 400
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz", ".nrrd", ".nhdr")
 
 
 class AdaQATApp(MONAILabelApp):
@@ -39,6 +38,12 @@ class AdaQATApp(MONAILabelApp):
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.adaqat_bundle = str(Path(conf.get("bundle_path", DEFAULT_BUNDLE)).resolve())
+        if self.adaqat_bundle not in sys.path:  # the engine (scripts.*), as the bundle's configs import it
+            sys.path.insert(0, self.adaqat_bundle)
+        from scripts.data import cxr_io
+
+        # what the engine reads; uploads of other types are refused with 400
+        self.image_suffixes, self.suffix = cxr_io.SUPPORTED_SUFFIXES, cxr_io.suffix
         metadata = json.loads((Path(self.adaqat_bundle) / "configs" / "metadata.json").read_text())
         self.bundle_labels = labels_from_metadata(metadata)
         super().__init__(
@@ -76,8 +81,8 @@ class AdaQATApp(MONAILabelApp):
         if isinstance(image, str):
             if os.path.isfile(image) and self._served_file(image):
                 upload = image  # an upload (a server temp file named with the client's suffix) or a session's image
-                if suffix(image) not in IMAGE_SUFFIXES:
-                    raise bad_extension(suffix(image) or "(none)", IMAGE_SUFFIXES)
+                if self.suffix(image) not in self.image_suffixes:
+                    raise bad_extension(self.suffix(image) or "(none)", self.image_suffixes)
             elif image not in (datastore or self.datastore()).list_images():
                 raise unknown_image(image)
         try:

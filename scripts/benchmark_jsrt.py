@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "monai_bundle"))
+sys.path.insert(0, str(REPO))  # the adaqat tools package of this checkout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
 
+    from adaqat.pipeline import PipelineSettings, run_pipeline
     from scripts.atomic import atomic_write_text
-    from scripts.pipeline import PipelineSettings, run_pipeline
 
     settings = PipelineSettings(data=args.data, out=args.out, epochs=tuple(args.epochs), batch_size=args.batch_size,
                                 split_by="image", seed=args.seed)

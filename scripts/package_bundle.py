@@ -14,8 +14,10 @@ Usage (from the repository root, in the core ``.venv``)::
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -61,6 +63,78 @@ def read_metadata(bundle: Path) -> dict[str, Any]:
     return meta
 
 
+_ENGINE_NAME = re.compile(r"\bscripts(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def _module_file(scripts_dir: Path, dotted: str) -> Path | None:
+    """The file of engine module ``scripts.a.b`` (a module or a package's ``__init__``), None if absent."""
+    parts = dotted.split(".")[1:]
+    base = scripts_dir.joinpath(*parts) if parts else scripts_dir
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports_of(path: Path, scripts_dir: Path) -> set[str]:
+    """Engine modules a file imports (absolute ``scripts.*`` or relative), lazy imports inside functions included."""
+    module = "scripts." + ".".join(path.relative_to(scripts_dir).with_suffix("").parts)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    package = package.removesuffix(".__init__")
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name == "scripts" or a.name.startswith("scripts.")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif node.module and (node.module == "scripts" or node.module.startswith("scripts.")):
+                target = node.module
+            else:
+                continue
+            found.add(target)
+            found |= {f"{target}.{a.name}" for a in node.names}  # ``from pkg import module``
+    return found
+
+
+def reached_modules(bundle: Path) -> set[Path]:
+    """Every file of ``scripts/`` the configs reach: named in a config, or imported (transitively) by one that is.
+
+    Package ``__init__`` files on the way are reached too (importing ``scripts.a.b`` runs them).
+    """
+    scripts_dir = bundle / "scripts"
+    todo = {"scripts"}
+    for config in sorted((bundle / "configs").glob("*.json")):
+        todo |= set(_ENGINE_NAME.findall(config.read_text()))
+    reached: set[Path] = set()
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo |= {".".join(parts[:i]) for i in range(1, len(parts))}  # parent packages
+        path = _module_file(scripts_dir, name)
+        if path is None or path in reached:
+            continue
+        reached.add(path)
+        todo |= _imports_of(path, scripts_dir)
+    return reached
+
+
+def check_engine_reached(bundle: Path) -> None:
+    """Refuse a bundle whose ``scripts/`` holds a module no config reaches: tools belong in the ``adaqat`` package."""
+    scripts_dir = bundle / "scripts"
+    stray = sorted(str(p.relative_to(bundle)) for p in scripts_dir.rglob("*.py")
+                   if "__pycache__" not in p.parts and p not in reached_modules(bundle))
+    if stray:
+        raise PackageError(f"{bundle}: modules no config imports would ship in the zoo package: {stray}; "
+                           "move tools to the adaqat package or import them from the configs")
+
+
 def _copy_tree(bundle: Path, dest: Path) -> None:
     shutil.copytree(bundle, dest, ignore=lambda _d, names: [n for n in names if n in EXCLUDED or n.endswith(".pyc")])
     models = dest / "models"
@@ -80,6 +154,7 @@ def large_files_yaml(entries: list[dict[str, str]]) -> str:
 def stage_bundle(bundle: Path, models: Path, dest: Path, name: str, url: str) -> dict[str, Any]:
     """Copy the bundle into ``dest/<name>`` with the weights from ``models``; returns the metadata."""
     meta = read_metadata(bundle)
+    check_engine_reached(bundle)
     root = dest / name
     _copy_tree(bundle, root)
     entries = []

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from PIL import Image
-
 from dicom_writer import make_dicom
+from PIL import Image
 
 HUGE_SIDE = 8000
 # the list, in build order; "good" is the untouched radiograph the others are compared with

@@ -19,8 +19,9 @@ import torch
 BUNDLE_ROOT = Path(__file__).resolve().parents[1] / "monai_bundle"
 sys.path.insert(0, str(BUNDLE_ROOT))
 
-from scripts.bundle_runner import run_bundle  # noqa: E402
-from scripts.distributed import unwrap  # noqa: E402
+from scripts.training.distributed import unwrap  # noqa: E402
+
+from adaqat.bundle_runner import run_bundle  # noqa: E402
 
 
 def main(spec_path: str) -> None:

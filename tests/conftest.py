@@ -37,7 +37,7 @@ def jsrt_models(jsrt_dir, tmp_path_factory) -> dict[str, Path]:
     stage 0 for 4 epochs on the JSRT training split (by image), then one epoch each of stages 1 and 2.
     About two minutes on 2 cores; built once per test session.
     """
-    from scripts.pipeline import PipelineSettings, run_stages
+    from adaqat.pipeline import PipelineSettings, run_stages
 
     out = tmp_path_factory.mktemp("jsrt_models")
     run_stages(PipelineSettings(data=str(jsrt_dir), out=str(out), epochs=(4, 1, 1), split_by="image",

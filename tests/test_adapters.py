@@ -6,11 +6,19 @@ import copy
 
 import pytest
 import torch
-
-from scripts.adapters import (SplitQKV, add_adalora, add_lora, merge_adapters, orthogonality_penalty, parameter_groups,
-                              per_layer_prune, rank_pattern, target_regex)
-from scripts.network import SamSegmenter
-from scripts.sam_model import build_sam
+from scripts.model.adapters import (
+    SplitQKV,
+    add_adalora,
+    add_lora,
+    merge_adapters,
+    orthogonality_penalty,
+    parameter_groups,
+    per_layer_prune,
+    rank_pattern,
+    target_regex,
+)
+from scripts.model.sam import build_sam
+from scripts.model.segmenter import SamSegmenter
 
 
 def _frozen_small(seed: int = 0) -> SamSegmenter:
@@ -54,19 +62,28 @@ def test_orthogonality_penalty_is_differentiable_and_zero_for_orthonormal_factor
 
 
 def test_global_budget_reaches_target_and_moves_between_layers():
-    net = _frozen_small()
-    tuner = add_adalora(net.sam.image_encoder, init_r=8, target_r=4, total_step=12, tinit=2, tfinal=3, delta_t=1)
+    """peft's allocation (not the Lambdas, which AdamW regrows between masking steps) is what is logged, and it
+    moves rank between layers: at some step one layer gains rank while another loses it."""
+    torch.manual_seed(0)
+    net = SamSegmenter("small", image_size=64)
+    net.sam.image_encoder.requires_grad_(False)
+    tuner = add_adalora(net.sam.image_encoder, init_r=8, target_r=4, total_step=40, tinit=4, tfinal=8, delta_t=1)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2)
     images = torch.rand(2, 1, 64, 64)
     target = (torch.rand(2, 1, 64, 64) > 0.5).float()
-    for step in range(1, 13):
+    history = []
+    for step in range(1, 41):
         optimizer.zero_grad()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(net(images), target) + orthogonality_penalty(net)
         loss.backward()
         optimizer.step()
         tuner.update_and_allocate(step)
-    ranks = rank_pattern(net.sam.image_encoder)
-    assert sum(ranks.values()) == 4 * len(ranks)  # global budget = target_r x matrices
+        history.append(rank_pattern(net.sam.image_encoder, tuner.peft_config["default"].rank_pattern))
+    assert set(history[0].values()) == {8}  # nothing allocated before tinit: full rank
+    assert sum(history[-1].values()) == 4 * len(history[-1])  # global budget = target_r x matrices
+    moves = [(a, b) for before, after in zip(history, history[1:]) for a in after for b in after
+             if after[a] > before[a] and after[b] < before[b]]
+    assert moves, history  # uniform pruning would only ever lower every layer
 
 
 def test_per_layer_prune_keeps_exactly_target_rank_each():
@@ -76,7 +93,7 @@ def test_per_layer_prune_keeps_exactly_target_rank_each():
     net(torch.rand(1, 1, 64, 64)).sum().backward()
     tuner.rankallocator.update_ipt(tuner.model)
     per_layer_prune(tuner, 3)
-    ranks = rank_pattern(net.sam.image_encoder)
+    ranks = rank_pattern(net.sam.image_encoder, tuner.peft_config["default"].rank_pattern)
     assert len(ranks) == 12 and set(ranks.values()) == {3}
 
 

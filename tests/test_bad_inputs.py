@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from bad_input_corpus import ENTRY_NAMES, HUGE_SIDE, Entry, build_corpus, write_manifest
-from scripts.bundle_runner import root_cause, run_bundle
-from scripts.cxr_io import CXRInputError, default_mask_name, read_mask
-from scripts.input_screen import InputFailuresError, check_item, failures_path
+from PIL import Image
+from scripts.data.cxr_io import CXRInputError, read_mask
+from scripts.data.input_screen import InputFailuresError, check_item, failures_path
+from scripts.data.mask_write import default_mask_name
+
+from adaqat.bundle_runner import root_cause, run_bundle
 
 ADAQAT = Path(sys.executable).with_name("adaqat")
 SOURCE = "JPCLN003"
@@ -153,7 +154,7 @@ def test_cli_evaluate_scores_good_pairs_and_lists_bad_images_and_masks(corpus, j
 def test_training_data_loading_skips_bad_pairs_and_loads_the_rest(corpus, tmp_path):
     from monai.bundle import ConfigWorkflow
 
-    from scripts.bundle_runner import CONFIG_DIR, BUNDLE_ROOT
+    from adaqat.bundle_runner import BUNDLE_ROOT, CONFIG_DIR
 
     folder, entries = corpus
     workflow = ConfigWorkflow(config_file=str(CONFIG_DIR / "train.json"), workflow_type="train", bundle_root=str(BUNDLE_ROOT),

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts import benchmark
-from scripts.perf import measure_in_child
+from adaqat import benchmark
+from adaqat.perf import measure_in_child
 
 
 def test_speedups_are_fp32_over_int8_of_the_same_runtime_only() -> None:

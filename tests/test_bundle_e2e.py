@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import BUNDLE_ROOT
-from scripts.bundle_runner import run_bundle
-from scripts.cxr_io import read_cxr, read_mask
+from scripts.data.cxr_io import read_cxr, read_mask
+
+from adaqat.bundle_runner import run_bundle
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +57,9 @@ def test_stage1_writes_best_resumable_checkpoints_rank_pattern_and_tensorboard(t
 
 
 def test_exported_fp32_model_is_tensors_only_with_adapters_merged(trained):
-    state = torch.load(trained["fp32"], weights_only=True)
+    content = torch.load(trained["fp32"], weights_only=True)
+    assert content["format"] == "adaqat-sam-fp32" and content["arch"]["depth"] == 4
+    state = content["model"]  # where MONAI's CheckpointLoader(load_dict={"model": ...}) looks
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert not any("lora_" in k or "base_layer" in k for k in state)
     assert "sam.image_encoder.blocks.0.attn.qkv.weight" in state
@@ -102,8 +104,7 @@ def test_inference_from_outside_the_bundle_folder_writes_masks_in_input_geometry
 
 def test_bundle_properties_and_network_io_check(tmp_path):
     from monai.bundle import ConfigWorkflow, verify_net_in_out
-
-    from scripts.network import SamSegmenter
+    from scripts.model.segmenter import SamSegmenter
 
     model = tmp_path / "model.pt"  # infer workflows resolve the network, so a model file must exist
     torch.save(SamSegmenter("small").state_dict(), model)
@@ -146,7 +147,7 @@ def test_training_resumes_from_its_last_checkpoint(jsrt_dir, tmp_path):
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_cli_export_reproduces_the_models_the_runs_exported(trained, jsrt_dir, tmp_path, stage):
-    from scripts.cli import main
+    from adaqat.cli import main
 
     run_dir = trained["out"] / ("stage1" if stage == 1 else "stage2")
     out = tmp_path / f"exported_stage{stage}.pt"
@@ -155,7 +156,9 @@ def test_cli_export_reproduces_the_models_the_runs_exported(trained, jsrt_dir, t
     assert code == 0
     mine = torch.load(out, weights_only=True)
     reference = torch.load(trained["fp32" if stage == 1 else "int8"], weights_only=True)
-    if stage == 2:
-        mine, reference = mine["state_dict"], reference["state_dict"]
+    assert {k: v for k, v in mine.items() if k not in ("model", "state_dict")} == \
+        {k: v for k, v in reference.items() if k not in ("model", "state_dict")}  # same header
+    key = "state_dict" if stage == 2 else "model"
+    mine, reference = mine[key], reference[key]
     assert set(mine) == set(reference)
     assert all(torch.equal(mine[k], reference[k]) for k in reference)

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from ignite.engine import Engine, Events
-
 from conftest import BUNDLE_ROOT
-from scripts.checkpoint_saver import AtomicCheckpointSaver, ReplaceThenRemoveDiskSaver
+from ignite.engine import Engine
+from scripts.training.checkpoint_saver import AtomicCheckpointSaver, ReplaceThenRemoveDiskSaver
 
 
 class _Exploding:
@@ -57,7 +56,7 @@ def test_interval_checkpoints_replace_before_they_remove(tmp_path):
 WRITER = """
 import sys, torch
 sys.path.insert(0, {root!r})
-from scripts.checkpoint_saver import ReplaceThenRemoveDiskSaver
+from scripts.training.checkpoint_saver import ReplaceThenRemoveDiskSaver
 saver = ReplaceThenRemoveDiskSaver({out!r}, filename="checkpoint_final.pt")
 i = 0
 while True:

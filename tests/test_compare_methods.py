@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scripts.evaluation.metrics import METRIC_KEYS, read_metrics_csv
 
-from scripts.cli import main
-from scripts.seg_metrics import METRIC_KEYS, read_metrics_csv
-from scripts.study import METHODS
+from adaqat.cli import main
+from adaqat.study.methods import METHODS
 
 PLOTS = ("dice_boxplots", "adalora_ranks", "curves", "overlays", "int8_vs_fp32")
 

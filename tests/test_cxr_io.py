@@ -8,17 +8,10 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from PIL import Image
 from dicom_writer import make_dicom
-
-from scripts.cxr_io import (
-    CXRInputError,
-    default_mask_name,
-    is_supported,
-    read_cxr,
-    read_mask,
-    write_mask_like,
-)
+from PIL import Image
+from scripts.data.cxr_io import CXRInputError, is_supported, read_cxr, read_mask
+from scripts.data.mask_write import default_mask_name, write_mask_like
 
 H, W = 53, 37  # not square, so a transpose would show
 CORNER = (slice(0, 8), slice(0, 5))  # bright block in the top-left corner (rows 0..7, cols 0..4)
@@ -322,3 +315,10 @@ def test_real_jsrt_image_and_mask(jsrt_dir):
     half = mask.shape[1] // 2
     assert mask[:, :half].sum() > 500 and mask[:, half:].sum() > 500  # a lung in each half
     assert img[mask == 1].mean() < img[mask == 0].mean()  # aerated lungs are darker than the rest
+
+
+def test_suffix_keeps_nii_gz_and_is_case_blind():
+    from scripts.data.cxr_io import SUPPORTED_SUFFIXES, suffix
+
+    assert suffix("/x/a.NII.GZ") == ".nii.gz" and suffix("b.png") == ".png"
+    assert all(suffix(f"x{s}") == s for s in SUPPORTED_SUFFIXES)

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from scripts.cxr_io import CXRInputError
-from scripts.datasets import (
+from scripts.data.cxr_io import CXRInputError
+from scripts.data.datasets import (
     datalist_from_folder,
     datalist_from_manifest,
     load_datalist,
@@ -142,7 +141,7 @@ def test_select_split(jsrt_dir):
 
 
 def test_inference_datalist_attaches_a_valid_user_box(tmp_path):
-    from scripts.datasets import inference_datalist
+    from scripts.data.datasets import inference_datalist
 
     image = tmp_path / "a.png"
     image.write_bytes(b"")

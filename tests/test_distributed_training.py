@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO
 
 pytestmark = pytest.mark.e2e

@@ -11,17 +11,16 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-from scripts.int8_export import apply_int8_state, export_int8_state, load_int8_artefact, save_int8
-from scripts.int8_runtime import Int8Linear
-from scripts.quantizer import (
+from scripts.quantization.fake_quant import (
     FakeQuantLinear,
     apply_fake_quant,
     dequantize_weight,
     fake_quantize_weight,
     quantize_weight_symmetric,
 )
+from scripts.quantization.int8_artefact import apply_int8_state, export_int8_state, load_int8_artefact, save_int8
+from scripts.quantization.runtime_eager import Int8Linear
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 BACKENDS = ["auto", "int_mm"]
 
@@ -278,7 +277,7 @@ def test_export_refuses_to_drop_a_fake_quantized_layer() -> None:
 
 
 def test_auto_backend_falls_back_to_int_mm_when_packing_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    import scripts.int8_runtime as runtime
+    import scripts.quantization.runtime_eager as runtime
 
     def broken(*args: object) -> None:
         raise RuntimeError("no quantized tensors in this torch")

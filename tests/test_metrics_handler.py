@@ -9,9 +9,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
-
-from scripts.metrics_handler import SegmentationMetricsWriter
-from scripts.seg_metrics import image_metrics
+from scripts.evaluation.metrics import image_metrics
+from scripts.evaluation.metrics_handler import SegmentationMetricsWriter
 
 
 def square(size: int, r0: int, c0: int, side: int) -> torch.Tensor:

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from monailabel_client import MonaiLabelClient, Reply
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +67,7 @@ def _read_result(reply: Reply, suffix: str = ".nrrd") -> sitk.Image:
 
 @pytest.fixture(scope="module")
 def studies(jsrt_dir, tmp_path_factory) -> dict:
-    from scripts.datasets import select_split
+    from scripts.data.datasets import select_split
 
     test_items = select_split(jsrt_dir, "test", by="image")[:N_STUDIES]
     root = tmp_path_factory.mktemp("ml_studies")
@@ -137,7 +136,7 @@ def test_info_shows_2d_lung_models(server):
 @pytest.mark.parametrize("model", MODELS)
 def test_infer_png_study_nrrd_result(server, studies, model):
     """A datastore PNG study: uint8 .nrrd label of the PNG's size, lungs = 1, close to the reference."""
-    from scripts.cxr_io import read_mask
+    from scripts.data.cxr_io import read_mask
 
     client, _ = server
     image = studies["unlabelled"]
@@ -154,7 +153,7 @@ def test_infer_png_study_nrrd_result(server, studies, model):
 def test_infer_single_slice_nifti_restores_geometry(server, studies, tmp_path, model):
     """Slicer's upload: a one-slice NIfTI (asymmetric crop, own spacing/origin) comes back as a one-slice
     label with the same size, spacing and origin, and the lungs where the reference has them."""
-    from scripts.cxr_io import read_mask
+    from scripts.data.cxr_io import read_mask
 
     client, _ = server
     item = studies["items"][-1]
@@ -179,7 +178,7 @@ def test_infer_dicom_upload(server, studies, tmp_path):
     """A DICOM DX upload is read by the engine in the MONAI Label env too (pydicom < 3 there)."""
     from dicom_writer import make_dicom
     from PIL import Image
-    from scripts.cxr_io import read_mask
+    from scripts.data.cxr_io import read_mask
 
     client, _ = server
     item = studies["items"][-1]
@@ -246,7 +245,7 @@ def test_bad_requests_get_4xx_and_server_stays_healthy(server, studies, tmp_path
 def test_train_one_epoch_then_infer(server, studies):
     """/train on the labelled studies: the bundle's train config runs, replaces models/model.pt, and the
     FP32 model served afterwards is the new file and still segments the unlabelled study."""
-    from scripts.cxr_io import read_mask
+    from scripts.data.cxr_io import read_mask
 
     client, bundle = server
     model_file = bundle / "models" / "model.pt"

@@ -12,13 +12,15 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from scripts import ort_runtime  # noqa: E402
-from scripts.benchmark import write_model_files  # noqa: E402
-from scripts.export import load_model  # noqa: E402
-from scripts.int8_export import load_int8_artefact  # noqa: E402
-from scripts.model_factory import PAPER_KEEP_FLOAT  # noqa: E402
-from scripts.network import SamSegmenter  # noqa: E402
-from scripts.ort_runtime import OrtImageEncoder  # noqa: E402
+from scripts.model.factory import PAPER_KEEP_FLOAT  # noqa: E402
+from scripts.model.segmenter import SamSegmenter  # noqa: E402
+from scripts.model_files import load as loader  # noqa: E402
+from scripts.model_files.load import load_model  # noqa: E402
+from scripts.quantization import runtime_onnx as ort_runtime  # noqa: E402
+from scripts.quantization.int8_artefact import load_int8_artefact  # noqa: E402
+from scripts.quantization.runtime_onnx import OrtImageEncoder  # noqa: E402
+
+from adaqat.benchmark import write_model_files  # noqa: E402
 
 
 def write_models(network: SamSegmenter, folder: Path) -> dict[str, Path]:
@@ -75,7 +77,7 @@ def test_stale_onnx_is_rebuilt_not_used(models: dict[str, Path], tmp_path: Path,
     first = load_model(files["fp32"], runtime="ort").sam.image_encoder.onnx_path
     torch.manual_seed(2)
     write_models(SamSegmenter("small", prompt_mode="whole").eval(), tmp_path)  # the model file changes
-    with caplog.at_level(logging.INFO, logger="scripts.ort_runtime"):
+    with caplog.at_level(logging.INFO, logger="scripts.quantization.runtime_onnx"):
         ort = load_model(files["fp32"], runtime="ort")
     assert ort.sam.image_encoder.onnx_path == first
     assert "rebuilding" in caplog.text
@@ -112,26 +114,23 @@ def test_forced_eager_builds_nothing(models: dict[str, Path], tmp_path: Path) ->
 
 
 def test_auto_runs_small_encoders_eager_and_large_ones_in_onnxruntime(models: dict[str, Path], monkeypatch) -> None:
-    from scripts import export
-    from scripts.sam_model import ARCHS
+    from scripts.model.sam import ARCHS
 
-    small, vit_b = ort_runtime.encoder_work(load_model(models["fp32"], runtime="eager").arch), ort_runtime.encoder_work(ARCHS["vit_b"])
-    assert small < ort_runtime.ORT_MIN_ENCODER_WORK <= vit_b
+    small, vit_b = loader.encoder_work(load_model(models["fp32"], runtime="eager").arch), loader.encoder_work(ARCHS["vit_b"])
+    assert small < loader.ORT_MIN_ENCODER_WORK <= vit_b
     assert not isinstance(load_model(models["int8"]).sam.image_encoder, OrtImageEncoder)
-    monkeypatch.setattr(export, "ORT_MIN_ENCODER_WORK", small)  # as if the small SAM were big enough
+    monkeypatch.setattr(loader, "ORT_MIN_ENCODER_WORK", small)  # as if the small SAM were big enough
     assert isinstance(load_model(models["int8"]).sam.image_encoder, OrtImageEncoder)
 
 
 def test_missing_onnxruntime_falls_back_to_eager_with_one_log_line(models: dict[str, Path], monkeypatch, caplog) -> None:
-    from scripts import export
-
-    monkeypatch.setattr(export, "ORT_MIN_ENCODER_WORK", 0)  # auto would pick onnxruntime for this model
+    monkeypatch.setattr(loader, "ORT_MIN_ENCODER_WORK", 0)  # auto would pick onnxruntime for this model
     monkeypatch.setattr(ort_runtime, "available", lambda: False)
     with caplog.at_level(logging.WARNING):
         network = load_model(models["int8"])
     assert not isinstance(network.sam.image_encoder, OrtImageEncoder)
     assert len([r for r in caplog.records if "onnxruntime" in r.getMessage()]) == 1
-    assert ort_runtime.resolve_runtime("auto", "cpu") == "eager"
+    assert loader.resolve_runtime("auto", "cpu") == "eager"
     with pytest.raises(ValueError, match="runtime must be one of"):
         load_model(models["int8"], runtime="onnx")
 

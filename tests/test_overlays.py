@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scripts.overlays import contour, save_overlay_grid, save_overlay_png
+from adaqat.overlays import contour, overlay_rgb, save_overlay_grid
 
 H, W = 48, 64
 
@@ -33,30 +33,28 @@ def test_contour_is_one_pixel_boundary():
     assert contour(edge).sum() == 12  # touches the border: still outlined
 
 
-def test_overlay_png_size_and_colours(tmp_path):
+def test_overlay_size_and_colours():
     image, pred, label = masks()
-    out = tmp_path / "sub" / "case.png"
-    save_overlay_png(torch.from_numpy(image)[None], torch.from_numpy(pred)[None], label, out, title="case 0.75")
-    img = Image.open(out)
-    assert img.mode == "RGB" and img.size == (W, H)
-    arr = np.asarray(img)
-    assert colour_count(arr, (255, 0, 0)) > 0 and colour_count(arr, (0, 255, 0)) > 0
-    # away from contours and title the gray image is untouched
+    arr = overlay_rgb(torch.from_numpy(image)[None], torch.from_numpy(pred)[None], label)
+    assert arr.shape == (H, W, 3) and arr.dtype == np.uint8
+    assert colour_count(arr, (255, 0, 0)) == contour(pred).sum()  # the prediction's outline, on top
+    assert 0 < colour_count(arr, (0, 255, 0)) < contour(label).sum()  # the reference's, where not covered
+    # away from contours the gray image is untouched
     assert arr[40, 60, 0] == arr[40, 60, 1] == arr[40, 60, 2] == round(image[40, 60] * 255)
-    assert not list(out.parent.glob(".*"))
 
 
-def test_overlay_without_label_has_no_green(tmp_path):
+def test_overlay_without_label_has_no_green():
     image, pred, _ = masks()
-    save_overlay_png(image, pred, None, tmp_path / "p.png")
-    arr = np.asarray(Image.open(tmp_path / "p.png"))
+    arr = overlay_rgb(image, pred, None)
     assert colour_count(arr, (255, 0, 0)) > 0 and colour_count(arr, (0, 255, 0)) == 0
 
 
-def test_overlay_rejects_shape_mismatch(tmp_path):
-    image, pred, _ = masks()
+def test_overlay_rejects_shape_mismatch():
+    image, pred, label = masks()
     with pytest.raises(ValueError):
-        save_overlay_png(image, pred[:-1], None, tmp_path / "x.png")
+        overlay_rgb(image, pred[:-1], None)
+    with pytest.raises(ValueError):
+        overlay_rgb(image, pred, label[:, :-1])
 
 
 def test_overlay_grid(tmp_path):

@@ -13,9 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
-
-from scripts.adalora_handler import AdaLoRARankHandler
-from scripts.adapters import add_adalora
+from scripts.model.adapters import add_adalora
+from scripts.training.adalora_handler import AdaLoRARankHandler, RankAllocationState
 
 
 def _toy_network() -> nn.Module:
@@ -36,7 +35,7 @@ def _toy_network() -> nn.Module:
 
 def _allocate_once(rank: int, with_sync: bool) -> list:
     network = _toy_network()
-    handler = AdaLoRARankHandler(network)
+    handler = AdaLoRARankHandler(RankAllocationState(network))
     if not with_sync:
         handler._share_decision_of_rank0 = lambda: None
     torch.manual_seed(100 + rank)  # the disagreement: each rank sees its own gradients

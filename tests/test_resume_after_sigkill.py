@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import BUNDLE_ROOT, REPO
 
 pytestmark = pytest.mark.e2e
@@ -50,10 +49,10 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(jsrt_dir, tm
     park = ("$@train#trainer.add_event_handler(ignite.engine.Events.ITERATION_COMPLETED(once=@iterations_per_epoch + 2), "
             f"lambda e: (open({str(marker)!r}, 'w').close(), sys.modules['time'].sleep(600)))")
     train_run = json.loads((BUNDLE_ROOT / "configs" / "train.json").read_text())["run"]
-    # the hook goes after the config's first run entry (set_determinism): resolving it builds the trainer
-    # and network, which must happen with the seeded generators, as in the reference run
-    assert "set_determinism" in train_run[0]
-    killed_run = [train_run[0], park, *train_run[1:]]
+    # the hook goes just before training starts: every object is then built in the same order as in the
+    # reference run (the order decides what the seeded generators give the network and the loaders)
+    start = train_run.index("$@train#trainer.run()")
+    killed_run = [*train_run[:start], park, *train_run[start:]]
     child = subprocess.Popen([sys.executable, str(CHILD), str(_spec(tmp_path, "killed", {**overrides(killed_dir), "run": killed_run}))],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300

@@ -7,9 +7,8 @@ import pickle
 
 import pytest
 import torch
-
-from scripts.network import SamSegmenter, refine_boxes
-from scripts.sam_model import ARCHS, CheckpointError, build_sam, infer_arch, load_sam_checkpoint, read_state_dict
+from scripts.model.sam import ARCHS, CheckpointError, build_sam, infer_arch, load_sam_checkpoint, read_state_dict
+from scripts.model.segmenter import SamSegmenter, refine_boxes
 
 
 @pytest.fixture(scope="module")

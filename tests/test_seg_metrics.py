@@ -8,11 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from scripts.seg_metrics import (
+from scripts.evaluation.metrics import (
     compare_prediction_sets,
     image_metrics,
-    main,
     read_metrics_csv,
     summarise,
     wilcoxon_paired,
@@ -125,7 +123,9 @@ def test_write_read_and_compare(tmp_path, capsys):
     assert res["metric"] == "dice" and res["n"] == 6 and res["mean_difference"] > 0
     assert res["mean_a"] > res["mean_b"]
 
-    assert main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--metric", "hd95"]) == 0
+    from adaqat.cli import main  # `adaqat evaluate --compare` is the command that prints it
+
+    assert main(["evaluate", "--compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--metric", "hd95"]) == 0
     assert json.loads(capsys.readouterr().out)["metric"] == "hd95"
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from scripts.model.segmenter import SamSegmenter
+from scripts.model_files.export import export_fp32
+from scripts.quantization.fake_quant import FakeQuantLinear, fake_quantize_weight
 
-from scripts.bundle_runner import BUNDLE_ROOT, config_file
-from scripts.cli import build_parser, main, qat_bundle_args
-from scripts.export import export_fp32
-from scripts.network import SamSegmenter
-from scripts.quantizer import FakeQuantLinear, fake_quantize_weight
-from scripts.sensitivity import (
+from adaqat.bundle_runner import BUNDLE_ROOT, config_file
+from adaqat.cli import build_parser, main, qat_bundle_args
+from adaqat.sensitivity import (
     ADAPTER_PATTERN,
     check_keep_float,
     choose_keep_float,

@@ -3,12 +3,13 @@
 Volume nodes come from a real JSRT radiograph and from a DICOM; bad volumes must give clear errors; the
 output segmentation node must have the input's geometry, the standard names and terminology, and a
 second run must replace only the module's own segments. The engine is not run here (see
-test_slicer_run.py); its process handling is checked with a stand-in ``scripts.cli``.
+test_slicer_run.py); its process handling is checked with a stand-in ``adaqat.cli``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -20,14 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import slicer_fixtures as sf
 
 slicer = pytest.importorskip("slicer", reason="the slicer-core wheel (test extra) gives real MRML")
 import SimpleITK as sitk  # noqa: E402
-
-from AdaQATSegmentationLib import (bundle_paths, bundle_process, dependencies, downloads, sample_data,  # noqa: E402
-                                   segmentation_output, volume_io)
+from AdaQATSegmentationLib import (  # noqa: E402
+    bundle_paths,
+    bundle_process,
+    dependencies,
+    downloads,
+    sample_data,
+    segmentation_output,
+    volume_io,
+)
 from dicom_writer import make_dicom  # noqa: E402
 
 JSRT_IMAGE = "images/JPCLN001.png"
@@ -317,7 +323,7 @@ def test_bundle_is_found_beside_the_module_and_models_resolve_with_clear_errors(
     (fake / "configs").mkdir(parents=True)
     (fake / "scripts").mkdir()
     (fake / "configs" / "inference.json").write_text("{}")
-    (fake / "scripts" / "cli.py").write_text("")
+    (fake / "scripts" / "__init__.py").write_text("")
     assert bundle_paths.find_bundle(fake) == fake.resolve()
     with pytest.raises(FileNotFoundError, match=r"model_int8\.pt: model file not found.*--install-models"):
         bundle_paths.resolve_model("int8", fake)
@@ -356,70 +362,78 @@ def test_install_asks_first_and_uses_pytorch_extension_then_pip():
     assert dependencies.install_missing(lambda msg: pytest.fail("asked"), calls.append, lambda: True, [present]) == []
 
 
-def test_download_asks_with_size_checks_md5_and_reports_progress(tmp_path):
-    payload = os.urandom(3 * downloads.CHUNK + 17)
+def test_download_asks_with_size_checks_the_hash_in_a_child_and_reports_progress(tmp_path):
+    payload = os.urandom(3 * 2**20 + 17)
     source = tmp_path / "model_int8.pt"
     source.write_bytes(payload)
-    entry = downloads.LargeFile("models/model_int8.pt", source.as_uri(), hashlib.md5(payload).hexdigest())
+    entry = downloads.LargeFile("models/model_int8.pt", source.as_uri(), hashlib.sha256(payload).hexdigest(), "sha256")
     bundle = tmp_path / "bundle"
     questions, seen = [], []
     assert not (bundle / entry.path).exists()
     with pytest.raises(downloads.DownloadError, match="declined"):
-        downloads.download(entry, bundle, lambda q: questions.append(q) or False)
+        downloads.download(entry, bundle, lambda q: questions.append(q) or False, python=sys.executable)
     assert "3.0 MB" in questions[0] and not (bundle / entry.path).exists()
-    path = downloads.download(entry, bundle, lambda q: True, lambda done, total: seen.append((done, total)))
-    assert path.read_bytes() == payload and seen[-1] == (len(payload), len(payload)) and len(seen) == 4
-    bad = downloads.LargeFile("models/model.pt", source.as_uri(), "0" * 32)
-    with pytest.raises(downloads.DownloadError, match="does not match"):
-        downloads.download(bad, bundle, lambda q: True)
-    assert not (bundle / "models" / "model.pt").exists() and not list((bundle / "models").glob("*.part"))
+    path = downloads.download(entry, bundle, lambda q: True, seen.append, python=sys.executable)
+    assert path.read_bytes() == payload and seen[-1] == 1.0 and seen == sorted(seen)
+    bad = downloads.LargeFile("models/model.pt", source.as_uri(), "0" * 64, "sha256")
+    with pytest.raises(downloads.DownloadError, match="check of downloaded file failed"):
+        downloads.download(bad, bundle, lambda q: True, python=sys.executable)
+    assert not (bundle / "models" / "model.pt").exists() and sorted(p.name for p in (bundle / "models").iterdir()) == ["model_int8.pt"]
 
 
 def test_large_files_of_the_real_bundle_are_listed():
     entries = {e.path: e for e in downloads.large_files(sf.REPO / "monai_bundle")}
     assert {"models/model.pt", "models/model_int8.pt"} <= set(entries)
-    assert entries["models/sam_vit_b_01ec64.pth"].md5 == "01ec64d29a2fca3f0661936605ae66f8"
+    sam = entries["models/sam_vit_b_01ec64.pth"]
+    assert (sam.hash_val, sam.hash_type) == ("01ec64d29a2fca3f0661936605ae66f8", "md5")
 
 
 # ---------------------------------------------------------------------------------------------
-# the child process (a stand-in for the engine's scripts.cli)
+# the child process (a stand-in for the engine's adaqat.cli)
 # ---------------------------------------------------------------------------------------------
 
-FAKE_CLI = textwrap.dedent("""
+FAKE_ENGINE = textwrap.dedent("""
     import os, subprocess, sys, time
-    mode = os.environ["FAKE_MODE"]
-    print("args", sys.argv[1:], flush=True)
-    if mode == "ok":
-        print("[1/2] 50%|", end="\\r", flush=True)
-        print("[2/2] 100%|", flush=True)
-        print("masks written to somewhere", flush=True)
-    elif mode == "oom":
-        print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", flush=True); sys.exit(1)
-    elif mode == "missing":
-        print("ModuleNotFoundError: No module named 'monai'", flush=True); sys.exit(1)
-    elif mode == "fail":
-        print("adaqat infer: error: cxr.nrrd: image is blank (constant pixel values)", file=sys.stderr, flush=True); sys.exit(1)
-    elif mode in ("mask", "empty_mask"):  # write a mask as the engine does: input geometry, <stem>_mask.nrrd
-        import SimpleITK as sitk
-        image = sitk.ReadImage(sys.argv[2])
-        mask = sitk.Cast(image > 100, sitk.sitkUInt8) if mode == "mask" else sitk.Image(image.GetSize(), sitk.sitkUInt8)
-        mask.CopyInformation(image)
-        sitk.WriteImage(mask, os.path.join(sys.argv[4], os.path.basename(sys.argv[2])[:-5] + "_mask.nrrd"))
-        print("masks written to", sys.argv[4], flush=True)
-    elif mode == "hang":
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-        open(os.environ["FAKE_PIDFILE"], "w").write(str(child.pid))
-        print("[0/1] 0%|", flush=True)
-        time.sleep(300)
+
+
+    def run(image, output_dir):
+        mode = os.environ["FAKE_MODE"]
+        if mode == "ok":
+            print("[1/2] 50%|", end="\\r", flush=True)
+            print("[2/2] 100%|", flush=True)
+        elif mode == "oom":
+            raise MemoryError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 2147483648 bytes")
+        elif mode == "missing":
+            raise ModuleNotFoundError("No module named 'monai'")
+        elif mode == "fail":  # what the engine's input screen raises, wrapped by MONAI's config evaluation
+            raise ValueError("cxr.nrrd: image is blank (constant pixel values)")
+        elif mode in ("mask", "empty_mask"):  # write a mask as the engine does: input geometry, <stem>_mask.nrrd
+            import SimpleITK as sitk
+            img = sitk.ReadImage(image)
+            mask = sitk.Cast(img > 100, sitk.sitkUInt8) if mode == "mask" else sitk.Image(img.GetSize(), sitk.sitkUInt8)
+            mask.CopyInformation(img)
+            sitk.WriteImage(mask, os.path.join(output_dir, os.path.basename(image)[:-5] + "_mask.nrrd"))
+        elif mode == "hang":
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+            open(os.environ["FAKE_PIDFILE"], "w").write(str(child.pid))
+            print("[0/1] 0%|", flush=True)
+            time.sleep(300)
 """)
+# A bundle whose inference config runs the stand-in engine above: the child (child_main.py) is the module's
+# real one, MONAI's ConfigWorkflow included.
+FAKE_CONFIG = {"imports": ["$import sys", "$sys.path.insert(0, @bundle_root)", "$import scripts", "$import scripts.fake_engine"],
+               "bundle_root": ".", "dataset_dir": "", "output_dir": "", "model_path": "", "box": None, "prompt_mode": "two_pass",
+               "device": "cpu", "run": ["$scripts.fake_engine.run(@dataset_dir, @output_dir)"]}
 
 
 @pytest.fixture()
 def fake_bundle(tmp_path):
     root = tmp_path / "fake_bundle"
     (root / "scripts").mkdir(parents=True)
+    (root / "configs").mkdir()
     (root / "scripts" / "__init__.py").write_text("")
-    (root / "scripts" / "cli.py").write_text(FAKE_CLI)
+    (root / "scripts" / "fake_engine.py").write_text(FAKE_ENGINE)
+    (root / "configs" / "inference.json").write_text(json.dumps(FAKE_CONFIG))
     return root
 
 
@@ -427,8 +441,6 @@ def test_logic_round_trip_through_a_stand_in_engine(fake_bundle, scene, jsrt_vol
     """The logic's own plumbing (file out, process, mask back, node) with a stand-in engine that thresholds."""
     from AdaQATSegmentationLib.logic import AdaQATSegmentationLogic, SegmentationRequest
 
-    (fake_bundle / "configs").mkdir()
-    (fake_bundle / "configs" / "inference.json").write_text("{}")
     (fake_bundle / "models").mkdir()
     (fake_bundle / "models" / "model_int8.pt").write_bytes(b"stand-in")
     logic = AdaQATSegmentationLogic(scene, fake_bundle, python=sys.executable)
@@ -454,7 +466,8 @@ def _start(fake_bundle, tmp_path, monkeypatch, mode, **options):
 def test_command_carries_model_box_prompt_and_device(tmp_path):
     cmd = bundle_process.infer_command("b", "in.nrrd", "out", model="m.pt", box=(1, 2.5, 30, 40), refine_box=False,
                                        device="cpu", python="py")
-    assert cmd[:6] == ["py", "-m", "scripts.cli", "infer", "in.nrrd", "-o"]
+    assert cmd[:5] == ["py", str(bundle_process.CHILD), "infer", "in.nrrd", "-o"]
+    assert cmd[cmd.index("--bundle") + 1] == str(Path("b").resolve())
     assert cmd[cmd.index("--box") + 1:cmd.index("--box") + 5] == ["1.00", "2.50", "30.00", "40.00"]
     assert cmd[cmd.index("--prompt") + 1] == "box" and cmd[cmd.index("--device") + 1] == "cpu"
     refined = bundle_process.infer_command("b", "in.nrrd", "out", box=(1, 2, 3, 4), python="py")
@@ -469,19 +482,20 @@ def test_successful_run_reports_progress_and_output(fake_bundle, tmp_path, monke
     run.wait(timeout_s=60)
     assert run.progress == 1.0
     assert any("[1/2] 50%" in line for line in run.lines) and any("masks written" in line for line in run.lines)
-    assert any("'--model', 'm.pt'" in line for line in run.lines)
+    overrides = json.loads(next(line for line in run.lines if line.startswith("overrides")).split(" ", 1)[1])
+    assert Path(overrides["model_path"]).name == "m.pt" and overrides["device"] == "$torch.device('cpu')"
 
 
 @pytest.mark.parametrize("mode, error, text", [
     ("oom", bundle_process.BundleOutOfMemoryError, "ran out of memory.*try the CPU"),
     ("missing", bundle_process.MissingDependencyError, "lacks the package 'monai'"),
-    ("fail", bundle_process.BundleRunError, r"exit code 1\): adaqat infer: error: cxr\.nrrd: image is blank"),
+    ("fail", bundle_process.BundleRunError, r"exit code 1\): error: cxr\.nrrd: image is blank"),
 ])
 def test_failures_are_typed_and_carry_the_log(fake_bundle, tmp_path, monkeypatch, mode, error, text):
     run = _start(fake_bundle, tmp_path, monkeypatch, mode)
     with pytest.raises(error, match=text) as info:
         run.wait(timeout_s=60)
-    assert "args" in info.value.log  # the whole output, for the dialog's details
+    assert "overrides" in info.value.log  # the whole output, for the dialog's details
     if mode == "missing":
         assert info.value.module == "monai"
 

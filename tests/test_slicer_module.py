@@ -14,7 +14,6 @@ import unittest
 
 import numpy as np
 import pytest
-
 import slicer_fixtures as sf
 
 slicer = pytest.importorskip("slicer", reason="the slicer-core wheel (test extra) gives real MRML")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import slicer_fixtures as sf
 
 slicer = pytest.importorskip("slicer", reason="the slicer-core wheel (test extra) gives real MRML")

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 from scipy.stats import wilcoxon
+from scripts.evaluation.metrics import write_metrics
 
-from scripts.seg_metrics import write_metrics
-from scripts.study import METHODS
-from scripts.study_tables import COLUMNS, criteria, paired_dice, protocol_rows, write_results
+from adaqat.study.methods import METHODS
+from adaqat.study.tables import COLUMNS, criteria, paired_dice, protocol_rows, write_results
 
 IDS = [f"img{i:02d}" for i in range(12)]
 

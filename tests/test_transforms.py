@@ -8,10 +8,10 @@ import torch
 from monai.data import MetaTensor, list_data_collate
 from monai.transforms import Compose, Resized
 from PIL import Image
-
-from scripts.cxr_io import CXRInputError
-from scripts.datasets import datalist_from_manifest
-from scripts.transforms import BoxFromMaskd, LoadCXRd, WholeImageBoxd, box_from_mask
+from scripts.data.boxes import box_from_mask, whole_image_box
+from scripts.data.cxr_io import CXRInputError
+from scripts.data.datasets import datalist_from_manifest
+from scripts.data.transforms import BoxFromMaskd, LoadCXRd
 
 H, W = 60, 80
 TRUE_BOX = np.array([15, 10, 50, 30], np.float32)  # xyxy, exclusive ends
@@ -66,8 +66,8 @@ def test_whole_image_box_cases():
     assert always({"label": label})["box"].tolist() == [0, 0, W, H]
     empty = BoxFromMaskd()({"label": torch.zeros(1, H, W)})
     assert empty["box"].tolist() == [0, 0, W, H]
-    d = WholeImageBoxd()({"image": torch.zeros(1, H, W)})
-    assert d["box"].dtype == torch.float32 and d["box"].tolist() == [0, 0, W, H]
+    box = whole_image_box(H, W)
+    assert box.dtype == torch.float32 and box.tolist() == [0, 0, W, H]
     half = BoxFromMaskd(whole_image_prob=0.5)
     half.set_random_state(seed=1)
     n_whole = sum(half({"label": label})["box"].tolist() == [0, 0, W, H] for _ in range(200))

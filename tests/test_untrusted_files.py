@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import ast
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO
-from scripts.bundle_runner import root_cause, run_bundle
-from scripts.export import load_model
+from scripts.model_files.load import load_model
+
+from adaqat.bundle_runner import root_cause, run_bundle
 
 ADAQAT = Path(sys.executable).with_name("adaqat")
 

@@ -80,6 +80,21 @@ def test_version_missing_from_changelog_is_refused(tmp_path):
     assert not list(tmp_path.rglob("*.zip"))
 
 
+def test_a_module_no_config_reaches_is_refused(tmp_path):
+    """Tools (CLI, study, benchmark...) live in the adaqat package; a stray module in scripts/ must not ship."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "monai_bundle", bundle, ignore=shutil.ignore_patterns("runs", "__pycache__", "models"))
+    packager.check_engine_reached(bundle)  # the real engine: every module is reached
+    (bundle / "scripts" / "evaluation" / "study_plots.py").write_text("import matplotlib\n")
+    with pytest.raises(packager.PackageError, match=r"scripts/evaluation/study_plots\.py"):
+        packager.package(_fake_models(tmp_path / "models"), tmp_path / "out", bundle=bundle, checks=False)
+    assert not list(tmp_path.rglob("*.zip"))
+    # reached through a lazy import inside a function of a reached module: shipped
+    (bundle / "scripts" / "evaluation" / "metrics.py").write_text(
+        (bundle / "scripts" / "evaluation" / "metrics.py").read_text() + "\n\ndef _plots():\n    from . import study_plots\n")
+    packager.check_engine_reached(bundle)
+
+
 def test_missing_weights_are_refused(tmp_path):
     models = _fake_models(tmp_path / "models")
     (models / "model_int8.pt").unlink()
@@ -106,6 +121,10 @@ def test_package_layout(package_zip, metadata):
         for required in packager.REQUIRED_FILES + ("models/model.pt", "models/model_int8.pt"):
             assert f"{NAME}/{required}" in names
         assert not [n for n in names if "__pycache__" in n or "/runs/" in n or n.endswith(".pyc")]
+        shipped_code = {n.removeprefix(f"{NAME}/") for n in names if n.endswith(".py")}
+        reached = {str(p.relative_to(REPO / "monai_bundle")) for p in packager.reached_modules(REPO / "monai_bundle")}
+        assert shipped_code == reached  # only what the configs import
+        assert not [n for n in shipped_code if n.split("/")[-1] in ("cli.py", "study.py", "benchmark.py", "perf.py")]
         shipped_meta = json.loads(zf.read(f"{NAME}/configs/metadata.json"))
         assert shipped_meta["version"] in shipped_meta["changelog"]
         assert shipped_meta["required_packages_version"]["fire"]  # `python -m monai.bundle` needs it
@@ -153,8 +172,8 @@ def _bundle_run(python: Path, bundle: Path, cwd: Path, configs: list[str], **ove
 
 @pytest.mark.e2e
 def test_zip_runs_in_a_fresh_venv_from_outside_the_bundle(package_zip, metadata, jsrt_dir, tmp_path):
-    from scripts.cxr_io import read_mask
-    from scripts.datasets import select_split
+    from scripts.data.cxr_io import read_mask
+    from scripts.data.datasets import select_split
 
     python = _check_venv(metadata)
     listed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True)

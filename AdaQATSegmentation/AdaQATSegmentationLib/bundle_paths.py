@@ -18,13 +18,13 @@ MODEL_SUFFIXES = (".pt", ".pth")
 
 
 class BundleNotFoundError(FileNotFoundError):
-    """No bundle folder (with ``configs/inference.json`` and ``scripts/cli.py``) could be found."""
+    """No bundle folder (with ``configs/inference.json`` and the engine ``scripts/``) could be found."""
 
 
 def is_bundle(folder: str | Path) -> bool:
-    """A folder is the AdaQAT bundle when it holds the inference config and the engine's CLI."""
+    """A folder is the AdaQAT bundle when it holds the inference config and the engine package."""
     folder = Path(folder)
-    return (folder / "configs" / "inference.json").is_file() and (folder / "scripts" / "cli.py").is_file()
+    return (folder / "configs" / "inference.json").is_file() and (folder / "scripts" / "__init__.py").is_file()
 
 
 def _installed_bundle() -> Path | None:
@@ -39,7 +39,7 @@ def find_bundle(explicit: str | Path | None = None) -> Path:
     if explicit:  # a folder the user set is used or refused, never silently replaced by another
         if not is_bundle(explicit):
             raise BundleNotFoundError(f"{explicit}: not the AdaQAT bundle folder (configs/inference.json and "
-                                      "scripts/cli.py expected); fix the module's Advanced setting or clear it")
+                                      "scripts/__init__.py expected); fix the module's Advanced setting or clear it")
         return Path(explicit).resolve()
     candidates: list[Path] = []
     if os.environ.get("ADAQAT_BUNDLE"):

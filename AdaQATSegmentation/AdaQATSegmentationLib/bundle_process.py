@@ -1,7 +1,7 @@
-"""Run the bundle's ``adaqat infer`` in a separate process: the UI stays responsive and Cancel works.
+"""Run the bundle in a separate process: the UI stays responsive and Cancel works.
 
-The child is the engine's own command line (``scripts.cli`` of the bundle folder, the code behind the
-``adaqat`` command), so Slicer never imports torch or MONAI itself and a crash or an out-of-memory kill
+The child is ``child_main.py`` beside this file, which runs the bundle's own inference config with MONAI
+(or a model download), so Slicer never imports torch or MONAI itself and a crash or an out-of-memory kill
 cannot take the application down. Output lines are collected by a reader thread; the caller polls.
 """
 
@@ -74,11 +74,15 @@ def python_executable() -> str:
     return found or sys.executable
 
 
+CHILD = Path(__file__).resolve().with_name("child_main.py")
+
+
 def infer_command(bundle_root: str | Path, image: str | Path, output_dir: str | Path, model: str | Path | None = None,
                   box: Sequence[float] | None = None, refine_box: bool = True, prompt: str | None = None,
                   device: str | None = None, python: str | None = None) -> list[str]:
-    """The ``adaqat infer`` command line for one image (see ``adaqat infer --help`` for the options)."""
-    cmd = [python or python_executable(), "-m", "scripts.cli", "infer", str(image), "-o", str(output_dir)]
+    """The child's command line for one image: the bundle's inference config with these overrides."""
+    cmd = [python or python_executable(), str(CHILD), "infer", str(image), "-o", str(output_dir),
+           "--bundle", str(Path(bundle_root).resolve())]
     if model:
         cmd += ["--model", str(model)]
     if box is not None:
@@ -104,7 +108,7 @@ def child_environment(bundle_root: str | Path) -> dict[str, str]:
 
 @dataclass
 class BundleProcess:
-    """One running ``adaqat infer``; ``poll()`` from a Qt timer, ``wait()`` from scripts and tests."""
+    """One running child (inference or download); ``poll()`` from a Qt timer, ``wait()`` from scripts and tests."""
 
     command: list[str]
     cwd: Path
@@ -226,6 +230,14 @@ class BundleProcess:
 
 
 def start_infer(bundle_root: str | Path, image: str | Path, output_dir: str | Path, **options) -> BundleProcess:
-    """Start ``adaqat infer`` on one image file; options as for ``infer_command``."""
+    """Start the bundle's inference on one image file; options as for ``infer_command``."""
     command = infer_command(bundle_root, image, output_dir, **options)
     return BundleProcess(command, Path(output_dir), child_environment(bundle_root)).start()
+
+
+def start_download(url: str, target: str | Path, hash_val: str, hash_type: str = "sha256",
+                   python: str | None = None) -> BundleProcess:
+    """Start ``monai.apps.download_url`` of ``url`` to ``target`` (hash checked) in a child process."""
+    command = [python or python_executable(), str(CHILD), "download", url, str(target), "--hash", hash_val,
+               "--hash-type", hash_type]
+    return BundleProcess(command, Path(target).parent, child_environment(Path(target).parent)).start()

@@ -1,19 +1,22 @@
-"""Optional download of a model file listed in the bundle's ``large_files.yml`` (url + md5).
+"""Optional download of a model file listed in the bundle's ``large_files.yml`` (url + hash).
 
-Asks first, telling the size; reports progress; writes to a temporary file and renames it only after the
-md5 matches, so a cut download never leaves a half model where the module looks for one.
+Asks first, telling the size; the download itself is ``monai.apps.download_url`` run in the child process
+(``child_main.py``: temporary file, hash check, then the file is moved into place), so a cut download or a
+wrong hash never leaves a half model where the module looks for one. Progress is read from its output.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
+import re
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-CHUNK = 1 << 20
+from . import bundle_process
+
+_PERCENT = re.compile(r"(\d+)%\|")
 
 
 class DownloadError(RuntimeError):
@@ -22,11 +25,12 @@ class DownloadError(RuntimeError):
 
 @dataclass(frozen=True)
 class LargeFile:
-    """One entry of ``large_files.yml``: where it goes in the bundle, where it comes from, its md5."""
+    """One entry of ``large_files.yml``: where it goes in the bundle, where it comes from, its hash."""
 
     path: str
     url: str
-    md5: str
+    hash_val: str
+    hash_type: str = "md5"
 
 
 def large_files(bundle_root: str | Path) -> list[LargeFile]:
@@ -37,7 +41,7 @@ def large_files(bundle_root: str | Path) -> list[LargeFile]:
     if not listing.is_file():
         return []
     data = yaml.safe_load(listing.read_text()) or {}
-    return [LargeFile(e["path"], e.get("url", ""), (e.get("hash_val") or "").lower())
+    return [LargeFile(e["path"], e.get("url", ""), (e.get("hash_val") or "").lower(), e.get("hash_type") or "md5")
             for e in data.get("large_files", []) if e.get("url")]
 
 
@@ -60,35 +64,34 @@ def human_size(size: int | None) -> str:
 
 
 def download(entry: LargeFile, bundle_root: str | Path, confirm: Callable[[str], bool],
-             progress: Callable[[int, int | None], bool | None] | None = None) -> Path:
+             progress: Callable[[float], bool | None] | None = None, python: str | None = None,
+             poll_s: float = 0.2) -> Path:
     """Download ``entry`` into the bundle after ``confirm(message with size)``; returns the file.
 
-    ``progress(done, total)`` is called per chunk; returning False cancels. An empty md5 in the listing
-    is allowed (the file is then only size-checked), a wrong one deletes the download.
+    ``progress(fraction)`` is called as the child reports it; returning False cancels. An empty hash in
+    the listing is allowed (nothing to check against), a wrong one leaves no file behind.
     """
     target = Path(bundle_root) / entry.path
-    size = remote_size(entry.url)
+    try:
+        size = remote_size(entry.url)
+    except OSError as exc:
+        raise DownloadError(f"{entry.url}: cannot reach it ({exc})") from exc
     if not confirm(f"Download {Path(entry.path).name} ({human_size(size)}) from {entry.url} into {target.parent}?"):
         raise DownloadError(f"download of {entry.path} declined")
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
-    digest = hashlib.md5()
-    done = 0
+    run = bundle_process.start_download(entry.url, target, entry.hash_val, entry.hash_type, python=python)
+    while run.running():
+        for line in run.poll():
+            match = _PERCENT.search(line)
+            if match and progress is not None and progress(int(match.group(1)) / 100) is False:
+                run.cancel()
+        time.sleep(poll_s)
     try:
-        with urllib.request.urlopen(entry.url, timeout=60) as response, open(partial, "wb") as out:
-            while chunk := response.read(CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if progress is not None and progress(done, size) is False:
-                    raise DownloadError(f"download of {entry.path} cancelled")
-        if size is not None and done != size:
-            raise DownloadError(f"{entry.url}: received {done} of {size} bytes")
-        if entry.md5 and digest.hexdigest() != entry.md5:
-            raise DownloadError(f"{entry.url}: md5 {digest.hexdigest()} does not match the expected {entry.md5}")
-        os.replace(partial, target)
-    except OSError as exc:
-        raise DownloadError(f"download of {entry.url} failed: {exc}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
+        run.finish()
+    except bundle_process.BundleCancelled as exc:
+        raise DownloadError(f"download of {entry.path} cancelled") from exc
+    except bundle_process.BundleRunError as exc:
+        raise DownloadError(f"download of {entry.url} failed: {bundle_process.error_summary(run.lines)}") from exc
+    if progress is not None:
+        progress(1.0)
     return target

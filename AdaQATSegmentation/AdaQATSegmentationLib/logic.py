@@ -62,7 +62,7 @@ class AdaQATSegmentationLogic:
         return bundle_paths.find_bundle(self._bundle_root)
 
     def start(self, request: SegmentationRequest) -> RunHandle:
-        """Check the inputs, write the volume and start ``adaqat infer``; errors come before any process."""
+        """Check the inputs, write the volume and start the bundle's inference; errors come before any process."""
         if request.prompt not in PROMPTS:
             raise ValueError(f"unknown prompt {request.prompt!r}: one of {PROMPTS}")
         if request.device not in DEVICES and not request.device.startswith("cuda:"):

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from fastapi import HTTPException
 
-from .writer import suffix
-
-# Exception class names of the engine (scripts.cxr_io.CXRInputError) matched by name: the bundle's
+# Exception class names of the engine (scripts.data.cxr_io.CXRInputError) matched by name: the bundle's
 # ``scripts`` modules are reloaded per request by MONAI Label, so class identity is not stable.
 INPUT_ERRORS = ("CXRInputError",)
 
@@ -54,4 +52,4 @@ def input_error(exc: BaseException, upload: str | None = None) -> HTTPException 
 
 
 
-__all__ = ["bad_extension", "input_error", "suffix", "unknown_image", "unknown_model"]
+__all__ = ["bad_extension", "input_error", "unknown_image", "unknown_model"]

@@ -72,7 +72,7 @@ class AdaQATInferTask(BundleInferTask):
         sys.path.insert(0, self.bundle_path)
         try:
             unload_module("scripts")
-            from scripts.export import load_model
+            from scripts.model_files.load import load_model
 
             network = load_model(path, device=device)
         finally:
@@ -81,8 +81,8 @@ class AdaQATInferTask(BundleInferTask):
         return network
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: str | None = None) -> tuple[str, dict]:
-        path = write_label(data[self.output_label_key], data["image_path"],
-                           extension or data.get("result_extension"), dtype or data.get("result_dtype"))
+        path = write_label(data[self.output_label_key], data["image_path"], extension or data.get("result_extension"),
+                           dtype or data.get("result_dtype"), label_value=max(self.labels.values()))
         return path, {"label_names": self.labels, "model_file": os.path.basename(self.get_path() or "")}
 
 

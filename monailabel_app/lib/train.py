@@ -43,7 +43,7 @@ class AdaQATTrainTask(BundleTrainTask):
         sys.path.insert(0, self.bundle_path)
         try:
             unload_module("scripts")
-            from scripts.sam_model import infer_arch, read_state_dict
+            from scripts.model.sam import infer_arch, read_state_dict
 
             state = {k.removeprefix("sam."): v for k, v in read_state_dict(path).items()}
             return infer_arch(state).to_dict()

@@ -1,0 +1,158 @@
+"""CPU benchmark of every inference route: FP32 vs INT8, eager vs onnxruntime vs torch.compile.
+
+Routes (each measured in its own child process by :func:`adaqat.perf.measure_in_child`, so peak
+memory is its own): eager FP32, eager INT8 (ours: oneDNN int8 Linears), eager fake-quant (the paper's
+way of running INT8: weights on int8 levels, computed in float), onnxruntime FP32 and INT8 (the image
+encoder in onnxruntime, see ``ort_runtime``; the default of ``load_model``), torch.compile FP32 and
+PT2E INT8 (``compiled_runtime``). Speed-ups are only computed like with like: INT8 over FP32 of the
+same runtime. Weights are random: speed, memory and size do not depend on their values.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from scripts.atomic import atomic_write_text
+
+from adaqat.perf import measure_in_child
+
+# name -> (model file, perf runtime, fake_quant)
+ROUTES: dict[str, tuple[str, str, bool]] = {
+    "eager_fp32": ("fp32", "eager", False),
+    "eager_int8": ("int8", "eager", False),
+    "eager_fake_quant": ("fp32", "eager", True),
+    "ort_fp32": ("fp32", "ort", False),
+    "ort_int8": ("int8", "ort", False),
+    "compiled_fp32": ("fp32", "compiled", False),
+    "compiled_pt2e_int8": ("fp32", "compiled_pt2e_int8", False),
+}
+# (label, FP32 route, INT8 route): the like-with-like speed-ups
+COMPARISONS = (
+    ("eager INT8 (ours) vs eager FP32", "eager_fp32", "eager_int8"),
+    ("eager INT8 (ours) vs eager fake-quant (paper)", "eager_fake_quant", "eager_int8"),
+    ("onnxruntime INT8 vs onnxruntime FP32", "ort_fp32", "ort_int8"),
+    ("compiled PT2E INT8 vs compiled FP32", "compiled_fp32", "compiled_pt2e_int8"),
+)
+DEFAULT_IMAGE_SIZE = {"vit_b": 1024, "vit_l": 1024, "vit_h": 1024}
+
+
+def build_models(arch: str, image_size: int | None, folder: Path, keep_float: Sequence[str]) -> dict[str, Path]:
+    """Write the FP32 model and the INT8 artefact of one randomly initialised network."""
+    import torch
+    from scripts.model.segmenter import SamSegmenter
+
+    torch.manual_seed(0)
+    return write_model_files(SamSegmenter(arch, image_size=image_size, prompt_mode="whole").eval(), folder, keep_float)
+
+
+def write_model_files(network: Any, folder: Path, keep_float: Sequence[str]) -> dict[str, Path]:
+    """``network`` as the two shipped files: FP32 ``model.pt`` and the INT8 artefact ``model_int8.pt``."""
+    from scripts.model_files.export import export_fp32, export_ptq_int8
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"fp32": export_fp32(network, None, folder / "model.pt"),
+            "int8": export_ptq_int8(network, folder / "model_int8.pt", keep_float)}
+
+
+def speedups(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """FP32-route latency / INT8-route latency for each comparison whose two routes were measured."""
+    rows = []
+    for label, slow, fast in COMPARISONS:
+        a, b = results.get(slow, {}), results.get(fast, {})
+        if "latency_s" in a and "latency_s" in b:
+            rows.append({"comparison": label, "baseline": slow, "route": fast, "speedup": a["latency_s"] / b["latency_s"]})
+    return rows
+
+
+def benchmark_arch(arch: str, image_size: int | None, routes: Sequence[str], threads: int, repeats: int, warmup: int,
+                   keep_float: Sequence[str], log=print) -> dict[str, Any]:
+    """Measure ``routes`` for one architecture; a route that fails is recorded with its error, not fatal."""
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = build_models(arch, image_size, Path(tmp), keep_float)
+        for route in routes:
+            which, runtime, fake_quant = ROUTES[route]
+            kwargs = dict(image_size=image_size, threads=threads, runtime=runtime, fake_quant=fake_quant,
+                          keep_float=keep_float)
+            try:
+                prepared = None
+                if runtime == "ort":  # build the cached .onnx first, so load_s is the user's every-day load
+                    prepared = measure_in_child(str(files[which]), repeats=0, warmup=0, **kwargs)
+                result = measure_in_child(str(files[which]), repeats=repeats, warmup=warmup, **kwargs)
+                if prepared:
+                    result["export_s"] = prepared["load_s"]
+                if runtime.startswith("compiled") and result["warmup_all_s"]:
+                    result["compile_s"] = result["warmup_all_s"][0]
+            except Exception as exc:  # e.g. torchao not installed: report it, measure the rest
+                result = {"error": f"{type(exc).__name__}: {str(exc)[-1500:]}"}
+            results[route] = {"route": route, "model": which, **result}
+            log(f"{arch} {route}: " + (f"{result['latency_s']:.3f} s" if "latency_s" in result else result["error"][:200]))
+    measured = {k: v for k, v in results.items() if "latency_s" in v}
+    fastest = min(measured, key=lambda k: measured[k]["latency_s"]) if measured else None
+    return {"arch": arch, "image_size": next((v["image_size"] for v in measured.values()), image_size),
+            "routes": results, "speedups": speedups(results), "fastest": fastest}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The report: one table per architecture, then the like-with-like speed-ups."""
+    lines = ["# CPU inference benchmark", "",
+             f"{result['threads']} threads, median of {result['repeats']} runs after {result['warmup']} warm-up; "
+             f"random weights; torch {result['machine']['torch']}, {result['machine']['cpu']}. "
+             "eager = PyTorch eager; ort = image encoder in onnxruntime (decoder in torch); "
+             "compiled = image encoder through torch.compile.",
+             "Kept in float (INT8 routes): " + (", ".join(f"`{p}`" for p in result["keep_float"]) or "nothing (every Linear INT8)") + ".",
+             ""]
+    for arch in result["archs"]:
+        lines += [f"## {arch['arch']} at {arch['image_size']}x{arch['image_size']}", "",
+                  "| route | median latency (s) | images/s | peak RSS (MiB) | load (s) | export/compile (s) | file (MB) |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, r in arch["routes"].items():
+            if "latency_s" not in r:
+                lines.append(f"| {name} | failed: {r['error'].splitlines()[-1][:120] if r['error'] else ''} | | | | | |")
+                continue
+            extra = r.get("export_s", r.get("compile_s"))
+            size = (r["file_bytes"] + r.get("onnx_bytes", 0)) / 1e6
+            lines.append(f"| {name} | {r['latency_s']:.3f} | {r['images_per_s']:.3f} | {r['peak_rss_mib']:.0f} | "
+                         f"{r['load_s']:.2f} | {'' if extra is None else f'{extra:.1f}'} | {size:.1f} |")
+        lines += ["", "| like with like | speed-up |", "|---|---|"]
+        lines += [f"| {s['comparison']} | {s['speedup']:.2f}x |" for s in arch["speedups"]]
+        lines += ["", f"Fastest route: **{arch['fastest']}**.", ""]
+    lines += ["File (MB) of an ort route includes its cached .onnx beside the model file.", ""]
+    return "\n".join(lines)
+
+
+def run(archs: Sequence[str], out: str | Path, *, image_size: int | None = None, routes: Sequence[str] | None = None,
+        threads: int = 2, repeats: int = 5, warmup: int = 1, keep_float: Sequence[str] | None = None,
+        log=print) -> dict[str, Any]:
+    """Benchmark ``archs`` and write ``out`` (JSON) and the same name with ``.md``, atomically."""
+    import torch
+    from scripts.model.factory import PAPER_KEEP_FLOAT
+
+    routes = list(routes or ROUTES)
+    unknown = sorted(set(routes) - set(ROUTES))
+    if unknown:
+        raise ValueError(f"unknown routes {unknown}; choose from {list(ROUTES)}")
+    keep_float = list(PAPER_KEEP_FLOAT) if keep_float is None else list(keep_float)
+    start = time.time()
+    result = {
+        "threads": threads, "repeats": repeats, "warmup": warmup, "keep_float": keep_float, "weights": "random",
+        "archs": [benchmark_arch(a, image_size or DEFAULT_IMAGE_SIZE.get(a), routes, threads, repeats, warmup, keep_float, log)
+                  for a in archs],
+        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+                    "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "wall_s": None,
+    }
+    result["wall_s"] = time.time() - start
+    out = Path(out)
+    atomic_write_text(out, json.dumps(result, indent=2))
+    atomic_write_text(out.with_suffix(".md"), markdown(result))
+    return result
+
+
+__all__ = ["COMPARISONS", "ROUTES", "build_models", "markdown", "run", "speedups", "write_model_files"]

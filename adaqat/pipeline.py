@@ -1,0 +1,139 @@
+"""The main job: stage 0 (foundation), stage 1 (AdaLoRA), stage 2 (INT8 QAT), evaluation and a report.
+
+Each stage is one run of the bundle's configs (``bundle_runner.run_bundle``) with overrides; this
+module only chains them and collects what they wrote into ``report.md`` / ``report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scripts.atomic import atomic_write_text, atomic_write_with
+from scripts.model.sam import count_parameters
+
+from adaqat.bundle_runner import BUNDLE_ROOT, run_bundle
+
+PROMPT_MODES = ("two_pass", "whole", "box")
+
+
+@dataclass
+class PipelineSettings:
+    """What a user chooses for the main job (everything else comes from the bundle configs)."""
+
+    data: str
+    out: str
+    checkpoint: str | None = None  # a user's SAM (official .pth): skips stage 0
+    arch: str = "small"
+    image_size: int | None = None
+    preset: str | None = None  # "paper" merges configs/paper.json (+ paper_qat.json)
+    epochs: tuple[int, int, int] = (80, 25, 10)
+    batch_size: int | None = None
+    limit: int | None = None
+    split_by: str = "auto"
+    seed: int = 42
+    prompt_modes: tuple[str, ...] = PROMPT_MODES
+    install_models: bool = False  # copy the final models into the bundle's models/ (its defaults)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def common_overrides(settings: PipelineSettings) -> dict[str, Any]:
+    """The overrides every stage and evaluation of one job shares: data, split, seed, size, ``extra``."""
+    overrides: dict[str, Any] = {
+        "dataset_dir": str(Path(settings.data).resolve()),
+        "arch": settings.arch,
+        "seed": settings.seed,
+        "split#by": settings.split_by,
+        "split#seed": settings.seed,
+        "limit": settings.limit,
+    }
+    if settings.image_size:
+        overrides["image_size"] = settings.image_size
+    if settings.batch_size:
+        overrides["batch_size"] = settings.batch_size
+    overrides.update(settings.extra)
+    return overrides
+
+
+def trainable_parameters(workflow: Any) -> int:
+    """Trainable parameters of a finished training workflow's network (as its optimiser saw them)."""
+    return count_parameters(workflow.parser.get_parsed_content("network"), trainable_only=True)
+
+
+def run_stage(configs: list[str], overrides: dict[str, Any], model: str | Path) -> dict[str, Any]:
+    """Run one training stage (bundle configs + overrides); return its seconds, trainable count and model path."""
+    start = time.time()
+    wf = run_bundle(configs, overrides)
+    return {"seconds": time.time() - start, "trainable": trainable_parameters(wf), "model": str(model)}
+
+
+def run_stages(settings: PipelineSettings) -> dict[str, Any]:
+    """Train stage 0 (unless a checkpoint is given), 1 and 2; return paths, timings and trainable counts."""
+    out = Path(settings.out).resolve()
+    models = out / "models"
+    common = common_overrides(settings)
+    preset = [settings.preset] if settings.preset else []
+    info: dict[str, Any] = {"stages": {}}
+
+    foundation = settings.checkpoint
+    if foundation is None:
+        foundation = str(models / "foundation.pt")
+        info["stages"]["stage0"] = run_stage(["train", "stage0"], {**common, "run_dir": str(out / "stage0"),
+                                             "export_path": foundation, "num_epochs": settings.epochs[0]}, foundation)
+    info["stages"]["stage1"] = run_stage(["train", *preset], {**common, "sam_checkpoint": foundation, "run_dir": str(out / "stage1"),
+                                         "export_path": str(models / "model.pt"), "num_epochs": settings.epochs[1]},
+                                         models / "model.pt")
+    qat_preset = ["paper_qat"] if settings.preset == "paper" else []
+    info["stages"]["stage2"] = run_stage(["train", *preset, "train_qat", *qat_preset],
+                                         {**common, "stage1_checkpoint": str(out / "stage1" / "model.pt"),
+                                          "run_dir": str(out / "stage2"), "export_path": str(models / "model_int8.pt"),
+                                          "num_epochs": settings.epochs[2]}, models / "model_int8.pt")
+    info["foundation"] = foundation
+    return info
+
+
+def evaluate_models(settings: PipelineSettings, models: dict[str, str], eval_dir: Path,
+                    overrides: dict[str, Any] | None = None, prompt_modes: tuple[str, ...] | None = None,
+                    prefix_format: str = "{model}_{mode}", configs: tuple[str, ...] = ("train", "evaluate")) -> dict[str, dict[str, Any]]:
+    """Evaluate each model under each prompt mode on the test split; return the summaries by run name.
+
+    ``overrides`` are added to the evaluation runs only (e.g. an unjittered ground-truth box), never to training.
+    """
+    summaries = {}
+    for model_name, model_path in models.items():
+        for mode in prompt_modes or settings.prompt_modes:
+            prefix = prefix_format.format(model=model_name, mode=mode)
+            run_bundle(list(configs), {**common_overrides(settings), **(overrides or {}), "model_path": model_path,
+                                       "prompt_mode": mode, "output_dir": str(eval_dir), "metrics_prefix": prefix},
+                       workflow_type="infer")
+            summaries[prefix] = json.loads((eval_dir / f"{prefix}_summary.json").read_text())
+    return summaries
+
+
+def run_pipeline(settings: PipelineSettings) -> Path:
+    """Run everything and write ``<out>/report.md``; return its path."""
+    from adaqat.report import write_report
+
+    out = Path(settings.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    info = run_stages(settings)
+    models = {"fp32": info["stages"]["stage1"]["model"], "int8": info["stages"]["stage2"]["model"]}
+    eval_dir = out / "eval"
+    evaluate_models(settings, models, eval_dir)
+    info["total_seconds"] = time.time() - start
+    info["settings"] = {k: v for k, v in vars(settings).items()}
+    atomic_write_text(out / "run_info.json", json.dumps(info, indent=2, default=str))
+    report = write_report(out, info, models, eval_dir, settings)
+    if settings.install_models:
+        for name, path in (("model.pt", models["fp32"]), ("model_int8.pt", models["int8"])):
+            atomic_write_with(BUNDLE_ROOT / "models" / name, lambda tmp, src=path: shutil.copyfile(src, tmp))
+    return report
+
+
+__all__ = ["PROMPT_MODES", "PipelineSettings", "common_overrides", "evaluate_models", "run_pipeline", "run_stage", "run_stages",
+           "trainable_parameters"]

@@ -1,0 +1,1 @@
+"""The method comparison (``adaqat compare``): methods, the runner, tables and plots."""

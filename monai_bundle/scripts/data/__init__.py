@@ -1,0 +1,4 @@
+"""Data: read/write radiographs and masks in any format, datalists and splits, transforms, input screening.
+
+May import: ``scripts.atomic``, numpy, SimpleITK, pydicom, nibabel, PIL, MONAI transforms; nothing else of the engine.
+"""
