@@ -34,7 +34,9 @@ class AdaQATSegmentation(ScriptedLoadableModule):
         self.parent.helpText = (
             "Segments the lung fields of a chest X-ray (PNG, JPEG or DICOM CR/DX loaded as a single-slice volume) "
             "with the AdaQAT compact Segment Anything model (AdaLoRA + INT8), running the AdaQAT MONAI bundle in a "
-            "separate process. Research use only, not for diagnosis.")
+            "separate process. The bundled model runs without PyTorch (its ONNX form in onnxruntime, installed on the "
+            "first Apply after asking); a model file of your own runs through PyTorch. The bundled weights were trained "
+            "on JSRT/SCR radiographs: research use only, not for diagnosis or any clinical use.")
         self.parent.acknowledgementText = (
             "Sample image: " + sample_data.ATTRIBUTION + ". Method: AdaLoRA-QAT (Deb et al., ISBI 2026).")
         slicer.app.connect("startupCompleted()", registerSampleData)
@@ -116,12 +118,13 @@ class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
         qt.QSettings().setValue(SETTINGS_BUNDLE, self.ui.bundlePathLineEdit.currentPath)
         self.logic.bundle_folder = self.ui.bundlePathLineEdit.currentPath or None
         try:
+            request = request or self._request()
+            _model, route = self.logic.model_and_route(request)
             installed = dependencies.install_missing(
                 confirm=slicer.util.confirmOkCancelDisplay, pip_install=_pip_install,
-                install_torch=dependencies.slicer_torch_installer())
+                install_torch=dependencies.slicer_torch_installer(), requirements=dependencies.requirements_for(route))
             if installed:
                 self._log("installed: " + ", ".join(installed))
-            request = request or self._request()
             self._handle = self.logic.start(request)
         except (VolumeInputError, FileNotFoundError, ValueError, dependencies.DependencyError,
                 bundle_process.BundleRunError) as exc:
@@ -168,10 +171,10 @@ class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
         self._update()
 
     def onDownload(self, *_args) -> None:
-        """Fetch the bundled models listed in large_files.yml (asks first, shows size and progress)."""
+        """Fetch the listed models (large_files.yml) this bundle copy lacks (asks first, shows size and progress)."""
         try:
             root = bundle_paths.find_bundle(self.ui.bundlePathLineEdit.currentPath or None)
-            entries = [e for e in downloads.large_files(root) if e.path in (bundle_paths.INT8_MODEL, bundle_paths.FP32_MODEL)]
+            entries = [e for e in downloads.large_files(root) if not (root / e.path).is_file()]  # what this copy lacks
             for entry in entries:
                 dialog = slicer.util.createProgressDialog(labelText=f"Downloading {entry.path}", maximum=100)
 
@@ -197,6 +200,9 @@ class AdaQATSegmentationModuleLogic(ScriptedLoadableModuleLogic):
 
     def _logic(self) -> AdaQATSegmentationLogic:
         return AdaQATSegmentationLogic(slicer.mrmlScene, self.bundle_folder)
+
+    def model_and_route(self, request: SegmentationRequest):
+        return self._logic().model_and_route(request)
 
     def start(self, request: SegmentationRequest):
         return self._logic().start(request)
@@ -236,11 +242,12 @@ class AdaQATSegmentationTest(ScriptedLoadableModuleTest):
         registerSampleData()
         volume = SampleData.downloadSample(sample_data.SAMPLE_NAME)
         self.assertIsNotNone(volume)
-        missing = dependencies.missing()
+        models = bundle_paths.bundled_models(bundle_paths.find_bundle())
+        route = bundle_paths.resolve_route("auto", models[0].key, models[0].path) if models else "onnx"
+        missing = dependencies.missing(dependencies.requirements_for(route))
         if missing:
             self.delayDisplay("skipped: packages not installed: " + ", ".join(r.module for r in missing))
             return
-        models = bundle_paths.bundled_models(bundle_paths.find_bundle())
         if not models:
             self.delayDisplay("skipped: no bundled model in the bundle's models/ folder")
             return

@@ -49,8 +49,11 @@ def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _add_data_args(p: argparse.ArgumentParser, training: bool = True) -> None:
     p.add_argument("--data", help="dataset folder: manifest.csv (image,mask[,patientid]) or images/ + masks/")
-    p.add_argument("--arch", choices=["small", "vit_b", "vit_l", "vit_h"], help="SAM size (default: the config's, small)")
-    p.add_argument("--image-size", type=int, help="SAM input size (position embeddings are resampled)")
+    p.add_argument("--arch", choices=["auto", "small", "vit_b", "vit_l", "vit_h"],
+                   help="SAM size (default auto: read from --checkpoint; without one the CPU-sized small SAM)")
+    p.add_argument("--image-size", type=int,
+                   help="SAM input size (default: the SAM's native size, 1024 for ViT-B/L/H; another size resamples "
+                        "the position embeddings, with a warning)")
     p.add_argument("--limit", type=int, help="use only the first N images of each split (quick runs)")
     p.add_argument("--split-by", choices=["auto", "patient", "image"], help="split grouping (auto: patient when known)")
     p.add_argument("--seed", type=int)
@@ -197,10 +200,21 @@ def cmd_export(args: argparse.Namespace) -> None:
     checkpoint = str(Path(args.checkpoint).resolve())
     overrides = _data_overrides(args)
     writer = "export_int8" if args.stage == 2 else "export_fp32"
-    overrides.update({"init_checkpoint": None, "stage1_checkpoint": None,
+    # The network is built with the checkpoint's own architecture and filled from it by the exporter, so the
+    # freshly initialised weights it starts with are never used.
+    overrides.update({"init_checkpoint": None, "stage1_checkpoint": None, "allow_random_encoder": True,
+                      "sam_arch": f"$scripts.model.sam.arch_for({args.arch or 'auto'!r}, @image_size, {checkpoint!r})",
                       "run": [f"$scripts.model_files.export.{writer}(@network, {checkpoint!r}, {str(Path(args.output).resolve())!r})"]})
     _module("bundle_runner").run_bundle(stage_configs, overrides)
     print(f"exported {args.output}")
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> None:
+    load = _module("scripts.model_files.load")
+    model = Path(args.model).resolve()
+    network = load.load_model(model, runtime="eager")
+    paths = [load.onnx_graph(network, model, part)[1] for part in ("encoder", "decoder")]
+    print("\n".join(f"ONNX {part}: {path}" for part, path in zip(("encoder", "decoder"), paths)))
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
@@ -210,7 +224,8 @@ def cmd_stats(args: argparse.Namespace) -> None:
         return
     print(f"{args.arch}: {stats['total_params']:,} parameters " + ", ".join(f"{k} {v:,}" for k, v in stats["parts"].items()))
     for method, count in stats["trainable"].items():
-        print(f"  trainable ({method}): {count:,}  ({stats['reduction_vs_full'][method]:.1f}x fewer than full)")
+        print(f"  trainable ({method}): {count:,}  ({stats['reduction_vs_full'][method]:.1f}x fewer than the whole model, "
+              f"{stats['reduction_paper_basis'][method]:.1f}x on the paper's basis: image encoder / trainable)")
     for kind, size in stats["file_bytes"].items():
         print(f"  file {kind}: {size:,} bytes")
     print(f"  paper formula ratio: {stats['paper_formula_ratio']:.4f}")
@@ -218,8 +233,14 @@ def cmd_stats(args: argparse.Namespace) -> None:
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
     pipeline = _module("pipeline")
+    checkpoint = args.checkpoint
+    if not checkpoint and not args.train_foundation:  # start from the shipped foundation, as from a pretrained SAM
+        checkpoint = _module("scripts.model_files.load").default_foundation_path(_module("bundle_runner").BUNDLE_ROOT)
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(_module("scripts.model_files.load").missing_model_hint(
+                checkpoint, _module("bundle_runner").BUNDLE_ROOT) + " (or --train-foundation to train one on --data)")
     settings = pipeline.PipelineSettings(
-        data=args.data, out=args.out, checkpoint=args.checkpoint, arch=args.arch or "small", image_size=args.image_size,
+        data=args.data, out=args.out, checkpoint=checkpoint, arch=args.arch or "auto", image_size=args.image_size,
         preset=args.preset, epochs=tuple(args.epochs), batch_size=args.batch_size, limit=args.limit,
         split_by=args.split_by or "auto", seed=args.seed if args.seed is not None else 42,
         install_models=args.install_models,
@@ -292,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", default="eval")
     p.add_argument("--prefix", default="metrics", help="file prefix of the CSV/JSON written")
     p.add_argument("--prompt", choices=["two_pass", "whole", "box"], help="box = ground-truth box with 0-20 px jitter (paper)")
-    p.add_argument("--low-res", action="store_true", help="score at SAM's 256x256 output (the paper's setting)")
+    p.add_argument("--low-res", action="store_true",
+                   help="the paper's metric setting: score SAM's own low-resolution logits (image_size/4: 256x256 for a "
+                        "1024 input, 64x64 for the small SAM), thresholded there, against the reference resized (nearest) "
+                        "to that grid; distances in low-res pixels")
     p.add_argument("--compare", nargs=2, metavar=("A.csv", "B.csv"), help="Wilcoxon signed-rank test between two per-image CSVs")
     p.add_argument("--metric", default="dice")
     p.set_defaults(func=cmd_evaluate)
@@ -306,9 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
                    help="a box prompt in image pixels (refined by a second pass unless --prompt box)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--runtime", choices=["auto", "ort", "eager"],
-                   help="auto (default): image encoder in onnxruntime on CPU when installed (fastest), else eager PyTorch; "
-                        "eager: PyTorch only")
+    p.add_argument("--runtime", choices=["auto", "ort", "onnx", "eager"],
+                   help="auto (default): the fastest measured route on CPU; ort: image encoder in onnxruntime; onnx: the "
+                        "whole segmenter in onnxruntime with numpy around it (the torch-free predictor's code); eager: PyTorch only")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_infer)
 
@@ -333,16 +357,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("export-onnx", help="the ONNX form of a model file (encoder + decoder graphs beside it), "
+                                            "what the torch-free predictor and 3D Slicer's default route run")
+    p.add_argument("model", help="model file (FP32 model.pt or INT8 model_int8.pt)")
+    p.set_defaults(func=cmd_export_onnx)
+
     p = sub.add_parser("stats", help="parameter counts, trainable parameters per method, measured FP32/INT8 file sizes")
     p.add_argument("--arch", default="vit_b", choices=["small", "vit_b", "vit_l", "vit_h"])
     p.add_argument("--image-size", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
 
-    p = sub.add_parser("pipeline", help="the main job: stage 0 (unless --checkpoint), stage 1, stage 2, evaluation, report")
+    p = sub.add_parser("pipeline", help="the main job: from a SAM (default: the shipped foundation), stage 1, stage 2, "
+                                        "evaluation of the SAM before and the models after adaptation, report")
     _add_data_args(p, training=False)
     p.add_argument("-o", "--out", required=True)
-    p.add_argument("--checkpoint", help="start from this SAM (skips stage 0)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--checkpoint", help="start from this SAM (official .pth or a bundle model; default: the bundle's "
+                                            "models/foundation.pt, a small SAM trained on JSRT)")
+    start.add_argument("--train-foundation", action="store_true",
+                       help="train the small SAM first (stage 0) on --data itself, instead of starting from a pretrained one")
     p.add_argument("--preset", choices=["paper"])
     p.add_argument("--epochs", type=int, nargs=3, default=[80, 25, 10], metavar=("E0", "E1", "E2"))
     p.add_argument("--install-models", action="store_true",

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from scripts.atomic import atomic_write_text
 from scripts.data.cxr_io import read_cxr, read_mask
 from scripts.data.datasets import select_split
@@ -65,6 +66,24 @@ def overlay_cases(out: Path, models: dict[str, str], eval_dir: Path, settings: A
     return written
 
 
+def what_runs(int8_model: str | Path) -> list[str]:
+    """The numerics of the models scored above, read from the INT8 file (not restated from a config)."""
+    meta = torch.load(int8_model, map_location="cpu", weights_only=True, mmap=True).get("meta", {})
+    qat, arch = meta.get("qat", {}), meta.get("arch", {})
+    activations = {"dynamic_per_tensor": "quantized at run time, dynamic per-tensor asymmetric 7-bit (uint8 codes 0..127, one range per image), "
+                                         "and simulated that way in stage 2",
+                   None: "quantized at run time, dynamic per-tensor asymmetric 7-bit, but NOT simulated in stage 2 "
+                         "(weights-only QAT, the paper's recipe)"}
+    return ["## What runs", "",
+            f"- SAM `{arch.get('embed_dim')}`-wide, {arch.get('depth')} blocks, input {arch.get('image_size')} px; outputs: "
+            f"logits at SAM's {arch.get('image_size', 0) // 4} px grid, upsampled to the image; mask = sigmoid > 0.5, "
+            "the two largest components, holes filled.",
+            "- FP32 model: float32 everywhere, adapters merged into the encoder weights.",
+            f"- INT8 model: Linear weights int8, symmetric, {'per channel' if qat.get('per_channel', True) else 'per tensor'} "
+            f"(scale max|w|/127); kept float: {', '.join(f'`{p}`' for p in qat.get('keep_float', [])) or 'nothing'}; "
+            f"inputs of the INT8 layers {activations.get(qat.get('activations'), 'as recorded: ' + str(qat.get('activations')))}."]
+
+
 def write_report(out: Path, info: dict[str, Any], models: dict[str, str], eval_dir: Path, settings: Any) -> Path:
     """Write ``report.json`` and ``report.md`` in ``out``; return the Markdown path."""
     summaries = {p.name.removesuffix("_summary.json"): json.loads(p.read_text()) for p in sorted(eval_dir.glob("*_summary.json"))}
@@ -81,7 +100,9 @@ def write_report(out: Path, info: dict[str, Any], models: dict[str, str], eval_d
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
 
     lines = ["# AdaLoRA-QAT run report", "", f"Data: `{settings.data}` (test split, split by {settings.split_by}, seed {settings.seed}). "
-             f"Architecture: `{settings.arch}`. Total time: {info.get('total_seconds', 0):.0f} s.", "",
+             f"Architecture: `{settings.arch}`. Total time: {info.get('total_seconds', 0):.0f} s. "
+             f"Started from `{info.get('foundation')}`" + (" (model `foundation`: that SAM before adaptation, scored the "
+             "same way)." if "foundation" in {r.partition('_')[0] for r in summaries} else " (stage 0, trained here)."), "",
              "## Test metrics (Dice/IoU/NSD in %, HD95/ASSD in px, mean ± std)", "",
              "| model | prompt | n | Dice | IoU | NSD@2px | HD95 | ASSD |", "|---|---|---|---|---|---|---|---|"]
     for run, summary in summaries.items():
@@ -93,11 +114,16 @@ def write_report(out: Path, info: dict[str, Any], models: dict[str, str], eval_d
               "| prompt | n | statistic | p-value | median difference (points) |", "|---|---|---|---|---|"]
     for mode, w in wilcoxon.items():
         lines.append(f"| {mode} | {w['n']} | {w['statistic']:.1f} | {w['p_value']:.4f} | {100 * w['median_difference']:+.3f} |")
-    lines += ["", "## Trainable parameters and model files", "", "| stage | trainable parameters | seconds |", "|---|---|---|"]
+    lines += ["", "## Trainable parameters and model files", "",
+              "Reductions on two bases: the whole model (all its parameters / trainable), and the paper's (its 16.6x: "
+              "image-encoder parameters / trainable).", "",
+              "| stage | trainable parameters | fewer than the whole model | paper's basis | seconds |", "|---|---|---|---|---|"]
     for stage, s in info["stages"].items():
-        lines.append(f"| {stage} | {s['trainable']:,} | {s['seconds']:.0f} |")
+        lines.append(f"| {stage} | {s['trainable']:,} | {s['model_params'] / s['trainable']:.1f}x | "
+                     f"{s['encoder_params'] / s['trainable']:.1f}x | {s['seconds']:.0f} |")
     lines += ["", f"FP32 file: {sizes['fp32']:,} bytes; INT8 file: {sizes['int8']:,} bytes; "
-              f"ratio {sizes['fp32'] / sizes['int8']:.2f}x (measured files).", "", "## Overlays (green: reference, red: prediction)", ""]
+              f"ratio {sizes['fp32'] / sizes['int8']:.2f}x (measured files).", "", *what_runs(models["int8"]), "",
+              "## Overlays (green: reference, red: prediction)", ""]
     lines += [f"![{p.stem}]({p.name})" for p in overlays]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -3,11 +3,15 @@
 
 Why: model users fetch bundles with ``python -m monai.bundle download``, which expects a release asset
 ``<name>_v<version>.zip`` holding one top-level ``<name>/`` folder. The zip must be self-contained
-(configs, the bundle's own ``scripts/``, docs, licence and the weights), with every weight listed in
-``large_files.yml`` with its md5, and the version in ``configs/metadata.json`` present in its changelog.
+(configs, the bundle's own ``scripts/``, docs, licence and the weights: the FP32 and INT8 models, and where
+present the foundation and the INT8 model's ONNX form), with every weight listed in ``large_files.yml`` with
+its sha256 and release URL, and the version in ``configs/metadata.json`` present in its changelog. With
+``--without-weights`` the zip lists the weights but leaves them out; ``python -m monai.bundle
+download_large_files --bundle_path <bundle>`` then fetches them from their URLs and checks each hash.
 
 Usage (from the repository root, in the core ``.venv``)::
 
+    .venv/bin/python scripts/package_bundle.py -o dist                      # the shipped models/
     .venv/bin/python scripts/package_bundle.py --models runs/sample/models -o dist
 """
 
@@ -30,7 +34,10 @@ BUNDLE = REPO / "monai_bundle"
 SCHEMA = REPO / "scripts" / "resources" / "meta_schema_20240725.json"
 SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"
 NAME = "adaqat_cxr_lung"
-WEIGHTS = ("model.pt", "model_int8.pt")
+WEIGHTS = ("model.pt", "model_int8.pt")  # required
+# shipped beside them when the models folder has them: the stage-0 foundation and the INT8 model's ONNX graphs
+OPTIONAL_WEIGHTS = ("foundation.pt", "model_int8.encoder-*.onnx", "model_int8.decoder-*.onnx")
+HASH_TYPE = "sha256"
 DEFAULT_URL = "https://github.com/adaqat/adaqat-cxr/releases/download/v{version}/{file}"  # as large_files.yml
 # what the zoo's CI requires of every bundle (model-zoo ci/verify_bundle.py) plus what ours ships
 REQUIRED_FILES = ("LICENSE", "configs/metadata.json", "configs/inference.json", "configs/train.json",
@@ -46,12 +53,21 @@ class PackageError(RuntimeError):
     """The bundle cannot be packaged or fails a zoo check; the message says which."""
 
 
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
+def file_hash(path: Path, hash_type: str = HASH_TYPE) -> str:
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, hash_type).hexdigest()
+
+
+def weight_files(models: Path) -> list[Path]:
+    """The weights a package carries from ``models``: the required two (a clear error when absent) and the optional."""
+    files = []
+    for name in WEIGHTS:
+        if not (models / name).is_file():
+            raise PackageError(f"{models / name}: weight file missing (train or export the model first)")
+        files.append(models / name)
+    for pattern in OPTIONAL_WEIGHTS:
+        files += sorted(p for p in models.glob(pattern) if p.is_file())
+    return files
 
 
 def read_metadata(bundle: Path) -> dict[str, Any]:
@@ -151,20 +167,18 @@ def large_files_yaml(entries: list[dict[str, str]]) -> str:
     return yaml.safe_dump({"large_files": entries}, sort_keys=False)
 
 
-def stage_bundle(bundle: Path, models: Path, dest: Path, name: str, url: str) -> dict[str, Any]:
-    """Copy the bundle into ``dest/<name>`` with the weights from ``models``; returns the metadata."""
+def stage_bundle(bundle: Path, models: Path, dest: Path, name: str, url: str, with_weights: bool = True) -> dict[str, Any]:
+    """Copy the bundle into ``dest/<name>`` with the weights from ``models`` (or only their listing); returns the metadata."""
     meta = read_metadata(bundle)
     check_engine_reached(bundle)
     root = dest / name
     _copy_tree(bundle, root)
     entries = []
-    for file in WEIGHTS:
-        src = models / file
-        if not src.is_file():
-            raise PackageError(f"{src}: weight file missing (train or export the model first)")
-        shutil.copy2(src, root / "models" / file)
-        entries.append({"path": f"models/{file}", "url": url.format(name=name, version=meta["version"], file=file),
-                        "hash_val": md5sum(src), "hash_type": "md5"})
+    for src in weight_files(models):
+        if with_weights:
+            shutil.copy2(src, root / "models" / src.name)
+        entries.append({"path": f"models/{src.name}", "url": url.format(name=name, version=meta["version"], file=src.name),
+                        "hash_val": file_hash(src), "hash_type": HASH_TYPE})
     import yaml
 
     shipped = {e["path"] for e in entries}
@@ -181,14 +195,14 @@ def check_required_files(root: Path) -> None:
 
 
 def check_large_files(root: Path) -> None:
-    """Every weight shipped is listed with the md5 of the shipped bytes."""
+    """Every weight shipped is listed with the hash of the shipped bytes."""
     import yaml
 
     listed = {e["path"]: e for e in yaml.safe_load((root / "large_files.yml").read_text())["large_files"]}
-    for weight in sorted((root / "models").iterdir()):
+    for weight in sorted(p for p in (root / "models").iterdir() if p.name != ".gitkeep"):
         entry = listed.get(f"models/{weight.name}")
-        if entry is None or entry.get("hash_type") != "md5" or entry.get("hash_val") != md5sum(weight):
-            raise PackageError(f"large_files.yml: models/{weight.name} not listed with its md5")
+        if entry is None or entry.get("hash_type") != HASH_TYPE or entry.get("hash_val") != file_hash(weight):
+            raise PackageError(f"large_files.yml: models/{weight.name} not listed with its {HASH_TYPE}")
 
 
 def check_metadata_schema(root: Path) -> None:
@@ -235,7 +249,8 @@ def check_properties(root: Path) -> None:
 
     with _on_path(root), tempfile.TemporaryDirectory(prefix="adaqat-probe-") as tmp:
         data = _probe_dataset(Path(tmp) / "data")
-        runs = {"train": {"dataset_dir": str(data), "run_dir": f"{tmp}/run", "device": "cpu"},
+        # the structure is checked, not weights: adapters on a random encoder are asked for explicitly
+        runs = {"train": {"dataset_dir": str(data), "run_dir": f"{tmp}/run", "device": "cpu", "allow_random_encoder": True},
                 "infer": {"dataset_dir": str(data / "images"), "output_dir": f"{tmp}/pred", "device": "cpu"}}
         for config, kind in ((TRAIN_PROPERTIES_CONFIG, "train"), (INFER_PROPERTIES_CONFIG, "infer")):
             workflow = ConfigWorkflow(config_file=str(root / config), meta_file=str(root / "configs" / "metadata.json"),
@@ -283,12 +298,12 @@ def zip_bundle(staging: Path, name: str, version: str, out_dir: Path) -> Path:
 
 
 def package(models: Path, out_dir: Path, bundle: Path = BUNDLE, name: str = NAME, url: str = DEFAULT_URL,
-            checks: bool = True) -> Path:
+            checks: bool = True, with_weights: bool = True) -> Path:
     """Stage, check and zip the bundle; returns ``out_dir/<name>_v<version>.zip``."""
     with tempfile.TemporaryDirectory(prefix="adaqat-package-") as tmp:
         staging = Path(tmp)
-        meta = stage_bundle(Path(bundle), Path(models), staging, name, url)
-        if checks:
+        meta = stage_bundle(Path(bundle), Path(models), staging, name, url, with_weights)
+        if checks and with_weights:  # the zoo's checks run the network: they need the weights
             run_zoo_checks(staging / name)
         return zip_bundle(staging, name, meta["version"], Path(out_dir))
 
@@ -296,15 +311,18 @@ def package(models: Path, out_dir: Path, bundle: Path = BUNDLE, name: str = NAME
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, default=BUNDLE / "models",
-                        help="folder holding model.pt and model_int8.pt (default: the bundle's models/)")
+                        help="folder holding model.pt and model_int8.pt (+ foundation.pt, model_int8.*.onnx; default: the bundle's models/)")
     parser.add_argument("-o", "--out", type=Path, default=REPO / "dist", help="output folder (default: dist/)")
     parser.add_argument("--name", default=NAME, help=f"bundle name in the zip (default: {NAME})")
     parser.add_argument("--url", default=DEFAULT_URL,
                         help="download URL template of each weight for large_files.yml ({name}, {version}, {file})")
     parser.add_argument("--skip-checks", action="store_true", help="do not run the zoo checks")
+    parser.add_argument("--without-weights", action="store_true",
+                        help="list the weights in large_files.yml (hash + URL) but leave them out of the zip")
     args = parser.parse_args(argv)
     try:
-        target = package(args.models, args.out, name=args.name, url=args.url, checks=not args.skip_checks)
+        target = package(args.models, args.out, name=args.name, url=args.url, checks=not args.skip_checks,
+                         with_weights=not args.without_weights)
     except PackageError as exc:
         print(f"package_bundle: {exc}", file=sys.stderr)
         return 1

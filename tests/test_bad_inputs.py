@@ -98,10 +98,10 @@ def test_corpus_holds_every_entry_once_with_distinct_files(corpus):
 
 
 @pytest.mark.e2e
-def test_cli_infer_skips_bad_files_processes_the_rest_and_exits_non_zero(corpus, jsrt_models, tmp_path):
+def test_cli_infer_skips_bad_files_processes_the_rest_and_exits_non_zero(corpus, shipped_models, tmp_path):
     folder, entries = corpus
     out = tmp_path / "masks"
-    result = subprocess.run([str(ADAQAT), "infer", str(folder / "images"), "-o", str(out), "--model", str(jsrt_models["fp32"])],
+    result = subprocess.run([str(ADAQAT), "infer", str(folder / "images"), "-o", str(out), "--model", str(shipped_models["fp32"])],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -112,21 +112,21 @@ def test_cli_infer_skips_bad_files_processes_the_rest_and_exits_non_zero(corpus,
 
 
 @pytest.mark.e2e
-def test_cli_debug_shows_the_traceback(corpus, jsrt_models, tmp_path):
+def test_cli_debug_shows_the_traceback(corpus, shipped_models, tmp_path):
     folder, entries = corpus
     zero = next(e for e in entries if e.name == "zero_byte")
-    result = subprocess.run([str(ADAQAT), "--debug", "infer", str(zero.image), "-o", str(tmp_path), "--model", str(jsrt_models["fp32"])],
+    result = subprocess.run([str(ADAQAT), "--debug", "infer", str(zero.image), "-o", str(tmp_path), "--model", str(shipped_models["fp32"])],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode != 0 and "Traceback" in result.stderr and "zero_byte.png" in result.stderr
 
 
 @pytest.mark.e2e
-def test_bundle_inference_config_processes_good_files_then_raises_with_the_summary(corpus, jsrt_models, tmp_path):
+def test_bundle_inference_config_processes_good_files_then_raises_with_the_summary(corpus, shipped_models, tmp_path):
     folder, entries = corpus
     out = tmp_path / "bundle_masks"
     with pytest.raises(Exception) as info:
         run_bundle(["inference"], {"dataset_dir": str(folder / "images"), "output_dir": str(out),
-                                   "model_path": str(jsrt_models["int8"]), "device": "$torch.device('cpu')"},
+                                   "model_path": str(shipped_models["int8"]), "device": "$torch.device('cpu')"},
                    workflow_type="infer")
     error = root_cause(info.value)
     assert isinstance(error, InputFailuresError)
@@ -135,10 +135,10 @@ def test_bundle_inference_config_processes_good_files_then_raises_with_the_summa
 
 
 @pytest.mark.e2e
-def test_cli_evaluate_scores_good_pairs_and_lists_bad_images_and_masks(corpus, jsrt_models, tmp_path):
+def test_cli_evaluate_scores_good_pairs_and_lists_bad_images_and_masks(corpus, shipped_models, tmp_path):
     folder, entries = corpus
     out = tmp_path / "eval"
-    result = subprocess.run([str(ADAQAT), "evaluate", "--data", str(folder), "--split", "all", "--model", str(jsrt_models["fp32"]),
+    result = subprocess.run([str(ADAQAT), "evaluate", "--data", str(folder), "--split", "all", "--model", str(shipped_models["fp32"]),
                              "-o", str(out)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     bad = _bad(entries, masks_read=True)

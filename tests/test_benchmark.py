@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import optional_module
 
 from adaqat import benchmark
 from adaqat.perf import measure_in_child
@@ -33,7 +34,7 @@ def test_measure_in_child_reports_its_own_numbers(tmp_path: Path) -> None:
 
 
 def test_small_benchmark_writes_json_and_markdown_with_ratios_from_measured_latencies(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
+    optional_module("onnxruntime", "the onnxruntime routes need it")
     routes = ["eager_fp32", "eager_int8", "ort_fp32", "ort_int8"]
     out = tmp_path / "bench.json"
     benchmark.run(["small"], out, image_size=128, routes=routes, threads=1, repeats=1, warmup=0, log=lambda _: None)

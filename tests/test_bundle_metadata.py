@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import socket
@@ -113,13 +114,17 @@ def test_large_files(no_network):
     data = yaml.safe_load(LARGE_FILES.read_text())
     entries = data["large_files"]
     by_path = {e["path"]: e for e in entries}
-    assert {"models/model.pt", "models/model_int8.pt", "models/sam_vit_b_01ec64.pth"} <= set(by_path)
-    for e in entries:
+    assert {"models/foundation.pt", "models/model.pt", "models/model_int8.pt"} <= set(by_path)
+    assert len([p for p in by_path if p.endswith(".onnx")]) == 2
+    total = 0
+    for e in entries:  # what the bundle ships, each with the sha256 of the committed bytes
         assert set(e) == {"path", "url", "hash_val", "hash_type"}, e
-        assert e["url"].startswith("https://")
-        assert e["hash_type"] == "md5"
-        assert e["hash_val"] == "" or re.fullmatch(r"[0-9a-f]{32}", e["hash_val"])
-    assert by_path["models/sam_vit_b_01ec64.pth"]["hash_val"] == "01ec64d29a2fca3f0661936605ae66f8"
+        assert e["url"].startswith("https://") and e["url"].endswith("/" + Path(e["path"]).name)
+        assert e["hash_type"] == "sha256" and re.fullmatch(r"[0-9a-f]{64}", e["hash_val"])
+        shipped = BUNDLE / e["path"]
+        assert hashlib.sha256(shipped.read_bytes()).hexdigest() == e["hash_val"], e["path"]
+        total += shipped.stat().st_size
+    assert total <= 40e6  # the project's budget for shipped weights
 
     # monai's own config reader (used by the zoo's download_large_files) reads it the same way
     from monai.bundle import ConfigParser

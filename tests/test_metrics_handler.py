@@ -91,21 +91,19 @@ def test_multi_epoch_resets_rows(tmp_path):
     assert json.loads((tmp_path / "metrics_summary.json").read_text())["epoch"] == 3
 
 
-def test_low_res_changes_the_result(tmp_path):
-    # 64 -> 32 with nearest keeps the even rows/cols; an extra stripe on odd column 41 disappears.
+def test_low_res_scores_the_prediction_on_its_own_grid_against_the_resized_reference(tmp_path):
+    """SAM's low-res prediction (32x32 here) is scored as it is; the 64x64 reference is resized to its grid."""
     lbl = square(64, 10, 10, 30)
-    pred = lbl.clone()
-    pred[0, 10:40, 41] = 1
-    orig = SegmentationMetricsWriter(tmp_path / "orig")
-    low = SegmentationMetricsWriter(tmp_path / "low", resolution="low_res", low_res_size=32)
-    run_engine(orig, [[item("s", pred, lbl)]])
-    run_engine(low, [[item("s", pred, lbl)]])
-
-    d_orig = float(read_csv(tmp_path / "orig" / "metrics.csv")[0]["dice"])
+    pred_low = square(32, 5, 5, 15)  # exactly the reference at half resolution
+    pred_low[0, 5:20, 20] = 1  # plus a stripe the low-res grid really holds
+    low = SegmentationMetricsWriter(tmp_path / "low", resolution="low_res")
+    run_engine(low, [[item("s", pred_low, lbl)]])
     d_low = float(read_csv(tmp_path / "low" / "metrics.csv")[0]["dice"])
-    assert d_orig == pytest.approx(image_metrics(pred, lbl)["dice"]) and d_orig < 1.0
-    assert d_low == 1.0
-    assert json.loads((tmp_path / "low" / "metrics_summary.json").read_text())["low_res_size"] == 32
+    expected = image_metrics(pred_low, square(32, 5, 5, 15))["dice"]  # computed on the 32x32 grid independently
+    assert d_low == pytest.approx(expected) and d_low < 1.0
+    assert json.loads((tmp_path / "low" / "metrics_summary.json").read_text())["resolution"] == "low_res"
+    with pytest.raises(ValueError, match="differ in shape"):  # at the original resolution, grids must agree
+        run_engine(SegmentationMetricsWriter(tmp_path / "orig"), [[item("s", pred_low, lbl)]])
 
 
 def test_batched_dict_output_is_decollated(tmp_path):

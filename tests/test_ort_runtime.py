@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import optional_module
 
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
+onnx = optional_module("onnx", "the onnxruntime route needs onnx")
+optional_module("onnxruntime", "the onnxruntime route")
 
 from scripts.model.factory import PAPER_KEEP_FLOAT  # noqa: E402
 from scripts.model.segmenter import SamSegmenter  # noqa: E402
@@ -93,11 +94,11 @@ def test_read_only_model_folder_caches_elsewhere(tmp_path: Path, monkeypatch) ->
     monkeypatch.setenv("ADAQAT_CACHE", str(tmp_path / "cache"))
     real_build = ort_runtime.build_encoder_onnx
 
-    def read_only_beside_model(encoder, image_size, path, source_sha256):
+    def read_only_beside_model(encoder, image_size, path, *args, **kwargs):
         # Simulated: the tests may run as root, who can write any folder.
         if Path(path).parent == folder:
             raise PermissionError(f"{path}: read-only")
-        return real_build(encoder, image_size, path, source_sha256)
+        return real_build(encoder, image_size, path, *args, **kwargs)
 
     monkeypatch.setattr(ort_runtime, "build_encoder_onnx", read_only_beside_model)
     path = Path(load_model(files["fp32"], runtime="ort").sam.image_encoder.onnx_path)
@@ -132,15 +133,18 @@ def test_missing_onnxruntime_falls_back_to_eager_with_one_log_line(models: dict[
     assert len([r for r in caplog.records if "onnxruntime" in r.getMessage()]) == 1
     assert loader.resolve_runtime("auto", "cpu") == "eager"
     with pytest.raises(ValueError, match="runtime must be one of"):
-        load_model(models["int8"], runtime="onnx")
+        load_model(models["int8"], runtime="tensorrt")
+    for asked in ("ort", "onnx"):  # asked for by name, a missing onnxruntime is an error that says what to do
+        with pytest.raises(ValueError, match=f"runtime '{asked}' needs onnxruntime"):
+            load_model(models["int8"], runtime=asked)
 
 
 @pytest.mark.e2e
-def test_int8_masks_agree_between_eager_and_ort_on_a_real_jsrt_image(jsrt_models, jsrt_dir) -> None:
+def test_int8_masks_agree_between_eager_and_ort_on_a_real_jsrt_image(shipped_models, jsrt_dir) -> None:
     from PIL import Image
 
-    eager = load_model(jsrt_models["int8"], runtime="eager")
-    ort = load_model(jsrt_models["int8"], runtime="ort")
+    eager = load_model(shipped_models["int8"], runtime="eager")
+    ort = load_model(shipped_models["int8"], runtime="ort")
     dices = []
     for name in ("JPCLN001", "JPCNN010"):
         pixels = np.asarray(Image.open(jsrt_dir / "images" / f"{name}.png").convert("L"), dtype=np.float32) / 255.0

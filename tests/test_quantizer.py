@@ -1,4 +1,4 @@
-"""Weight fake-quant for QAT: the quantization rule, the straight-through gradient, layer selection."""
+"""Fake-quant for QAT: the weight and activation rules, the straight-through gradient, layer selection."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from scripts.quantization.fake_quant import (
+    ACTIVATION_QMAX,
     SCALE_EPS,
     FakeQuantLinear,
+    activation_groups,
     apply_fake_quant,
     dequantize_weight,
+    fake_quantize_activation,
     fake_quantize_weight,
     quantize_weight_symmetric,
     remove_fake_quant,
@@ -80,15 +83,34 @@ def test_straight_through_gradient(per_channel: bool) -> None:
     torch.manual_seed(0)
     lin = nn.Linear(40, 48)
     fq = FakeQuantLinear.from_linear(lin, per_channel=per_channel)
-    x = torch.randn(5, 40)
+    x = torch.randn(5, 40, requires_grad=True)
     fq(x).pow(2).sum().backward()
-    # STE: the gradient w.r.t. the float weight is the gradient w.r.t. the quantized weight.
+    # STE: the gradients w.r.t. the float weight and input are those w.r.t. the quantized ones.
     w_q = fake_quantize_weight(lin.weight.detach(), per_channel).requires_grad_()
+    x_q = fake_quantize_activation(x.detach()).requires_grad_()
     b = lin.bias.detach().clone().requires_grad_()
-    F.linear(x, w_q, b).pow(2).sum().backward()
+    F.linear(x_q, w_q, b).pow(2).sum().backward()
     torch.testing.assert_close(lin.weight.grad, w_q.grad)
     torch.testing.assert_close(lin.bias.grad, b.grad)
+    torch.testing.assert_close(x.grad, x_q.grad)
     assert float(lin.weight.grad.abs().sum()) > 0
+
+
+def test_activations_get_seven_bit_ranges_per_image_as_the_runtimes_do() -> None:
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(3, 10, 16), 20 * torch.randn(3, 10, 16)])  # image 2's range is 20x wider
+    per_image = torch.cat([fake_quantize_activation(x[:3], groups=1), fake_quantize_activation(x[3:], groups=1)])
+    with activation_groups(2):
+        torch.testing.assert_close(fake_quantize_activation(x), per_image)  # two images, one range each
+    assert not torch.equal(fake_quantize_activation(x, groups=1), per_image)  # one range for both: coarser image 1
+    lo, hi = min(float(x[:3].min()), 0.0), max(float(x[:3].max()), 0.0)
+    scale = (hi - lo) / ACTIVATION_QMAX
+    codes = per_image[:3] / scale + round(-lo / scale)  # the uint8 codes the runtimes compute with
+    torch.testing.assert_close(codes, torch.round(codes), atol=1e-3, rtol=0)  # on the grid
+    assert 0 <= float(codes.min()) < 1 and 126 < float(codes.max()) <= 127 + 1e-3  # 7 bits: 0..127, not 0..255
+    lin = nn.Linear(16, 8)
+    weights_only = FakeQuantLinear.from_linear(lin, activations=None)
+    torch.testing.assert_close(weights_only(x), F.linear(x, fake_quantize_weight(lin.weight), lin.bias))
 
 
 def test_fake_quant_linear_keeps_linear_state_dict_and_parameters() -> None:
@@ -103,7 +125,7 @@ def test_fake_quant_linear_keeps_linear_state_dict_and_parameters() -> None:
     assert type(back) is nn.Linear and back.weight is lin.weight
     x = torch.randn(3, 8)
     torch.testing.assert_close(back(x), lin(x))
-    torch.testing.assert_close(fq(x), F.linear(x, fake_quantize_weight(lin.weight), lin.bias))
+    torch.testing.assert_close(fq(x), F.linear(fake_quantize_activation(x), fake_quantize_weight(lin.weight), lin.bias))
     assert not torch.allclose(fq(x), lin(x), rtol=0, atol=1e-7)  # it really quantizes
     no_bias = FakeQuantLinear.from_linear(nn.Linear(8, 4, bias=False))
     assert no_bias.bias is None and no_bias(x).shape == (3, 4)

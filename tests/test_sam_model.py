@@ -7,7 +7,8 @@ import pickle
 
 import pytest
 import torch
-from scripts.model.sam import ARCHS, CheckpointError, build_sam, infer_arch, load_sam_checkpoint, read_state_dict
+from scripts.model.sam import (ARCHS, CheckpointError, arch_for, build_sam, infer_arch, load_sam_checkpoint,
+                               read_state_dict)
 from scripts.model.segmenter import SamSegmenter, refine_boxes
 
 
@@ -31,6 +32,24 @@ def test_official_vit_b_checkpoint_loads_into_our_vit_b(official_vit_b):
     for key in ("image_encoder.pos_embed", "image_encoder.blocks.11.attn.qkv.weight", "mask_decoder.iou_token.weight"):
         assert torch.equal(state[key], reference[key])
     assert infer_arch(reference) == ARCHS["vit_b"]
+
+
+def test_a_checkpoint_gives_its_arch_at_its_native_size_and_other_sizes_warn_once(official_vit_b, caplog):
+    """No --arch needed: the file says ViT-B; 1024 px unless asked otherwise; a resample names both sizes."""
+    from scripts.model.factory import build_network
+
+    assert arch_for("auto", None, official_vit_b) == ARCHS["vit_b"] and ARCHS["vit_b"].image_size == 1024
+    assert arch_for("auto", 512, official_vit_b).image_size == 512
+    assert arch_for("auto", None, None) == ARCHS["small"]
+    with caplog.at_level("WARNING"):
+        net = build_network(sam_checkpoint=official_vit_b, image_size=512, train_encoder=True)
+    warnings = [r.getMessage() for r in caplog.records if "resampled" in r.getMessage()]
+    assert len(warnings) == 1 and "1024 px" in warnings[0] and "512 px" in warnings[0], warnings
+    assert net.arch.embed_dim == 768 and net.image_size == 512
+    with pytest.raises(ValueError, match="adapter training needs a pretrained SAM encoder"):
+        build_network(adapter={"kind": "adalora", "init_r": 4, "target_r": 2, "total_step": 10})
+    assert build_network(adapter={"kind": "adalora", "init_r": 4, "target_r": 2, "total_step": 10},
+                         allow_random_encoder=True).image_size == 256  # only when a test asks for it
 
 
 def test_official_checkpoint_at_another_input_size_resamples_position_embeddings(official_vit_b):

@@ -155,7 +155,8 @@ def _stage2_network(overrides: dict, configs: list[str]) -> SamSegmenter:
 
     parser = ConfigParser()
     parser.read_config([config_file(c) for c in configs])
-    parser.update({**overrides, "bundle_root": str(BUNDLE_ROOT), "init_checkpoint": None, "total_steps": 10})
+    parser.update({**overrides, "bundle_root": str(BUNDLE_ROOT), "init_checkpoint": None, "total_steps": 10,
+                   "allow_random_encoder": True})
     return parser.get_parsed_content("network_def")
 
 
@@ -173,7 +174,7 @@ def test_keep_float_json_round_trips_into_qat(tmp_path, small) -> None:
     assert any(".attn.qkv.lora_" in n for n, _ in network.named_parameters())
     expected = sorted(set(quantizable_layers(small)) - {layer for g in chosen for layer in groups[g]})
     assert sorted(network.quantized_layers) == expected
-    assert network.qat_config == {"keep_float": keep_float, "per_channel": True}
+    assert network.qat_config == {"keep_float": keep_float, "per_channel": True, "activations": "dynamic_per_tensor"}
 
     bad = tmp_path / "bad_keep_float.json"
     bad.write_text(json.dumps({"keep": []}))

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicer_fixtures as sf
+from conftest import optional_module
 
-slicer = pytest.importorskip("slicer", reason="the slicer-core wheel (test extra) gives real MRML")
+slicer = optional_module("slicer", "the slicer-core wheel (test extra) gives real MRML")
 import SimpleITK as sitk  # noqa: E402
 from AdaQATSegmentationLib import (  # noqa: E402
     bundle_paths,
@@ -337,6 +338,45 @@ def test_bundle_is_found_beside_the_module_and_models_resolve_with_clear_errors(
         bundle_paths.resolve_model("file", fake, None)
 
 
+def test_route_is_torch_free_for_bundled_models_with_their_onnx_form(tmp_path):
+    model = tmp_path / "models" / "model_int8.pt"
+    model.parent.mkdir()
+    model.write_bytes(b"x")
+    assert bundle_paths.resolve_route("auto", "int8", model) == "torch"  # no ONNX form yet
+    with pytest.raises(FileNotFoundError, match=r"model_int8\.pt: no ONNX form.*adaqat export-onnx"):
+        bundle_paths.resolve_route("onnx", "int8", model)
+    (tmp_path / "models" / "model_int8.encoder-256.onnx").write_bytes(b"x")
+    assert bundle_paths.resolve_route("auto", "int8", model) == "torch"  # one graph is not the model
+    (tmp_path / "models" / "model_int8.decoder-256.onnx").write_bytes(b"x")
+    assert bundle_paths.resolve_route("auto", "int8", model) == "onnx"
+    assert bundle_paths.resolve_route("auto", "file", model) == "torch"  # a user's file: PyTorch unless asked
+    assert bundle_paths.resolve_route("onnx", "file", model) == "onnx"
+    assert bundle_paths.resolve_route("torch", "int8", model) == "torch"
+    with pytest.raises(ValueError, match="unknown route 'gpu'"):
+        bundle_paths.resolve_route("gpu", "int8", model)
+
+
+def test_torch_free_route_needs_only_onnxruntime_beside_what_slicer_ships():
+    onnx = {r.module for r in dependencies.requirements_for("onnx")}
+    assert onnx == {"onnxruntime", "numpy", "SimpleITK", "pydicom", "PIL"}
+    assert not [r for r in dependencies.requirements_for("onnx") if r.via_pytorch_extension]
+    assert {"torch", "monai", "onnxruntime"} <= {r.module for r in dependencies.requirements_for("torch")}
+    # what the predictor really imports, read from its code: nothing outside that set (and the standard library)
+    import ast
+
+    deploy = sf.REPO / "monai_bundle" / "scripts" / "deploy"
+    data = sf.REPO / "monai_bundle" / "scripts" / "data"
+    imported = set()
+    for path in [*deploy.glob("*.py"), data / "cxr_io.py", data / "mask_write.py", data / "input_screen.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m != "__future__"}
+    assert third_party <= onnx | {"nibabel"}, third_party  # nibabel: NIfTI files only, which Slicer writes as NRRD
+
+
 def test_dependency_pins_are_the_engines():
     setup = (sf.REPO / "setup.py").read_text()
     for requirement in dependencies.REQUIREMENTS:
@@ -383,9 +423,10 @@ def test_download_asks_with_size_checks_the_hash_in_a_child_and_reports_progress
 
 def test_large_files_of_the_real_bundle_are_listed():
     entries = {e.path: e for e in downloads.large_files(sf.REPO / "monai_bundle")}
-    assert {"models/model.pt", "models/model_int8.pt"} <= set(entries)
-    sam = entries["models/sam_vit_b_01ec64.pth"]
-    assert (sam.hash_val, sam.hash_type) == ("01ec64d29a2fca3f0661936605ae66f8", "md5")
+    assert {"models/foundation.pt", "models/model.pt", "models/model_int8.pt"} <= set(entries)
+    int8 = entries["models/model_int8.pt"]
+    assert int8.hash_type == "sha256"
+    assert int8.hash_val == hashlib.sha256((sf.REPO / "monai_bundle" / int8.path).read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,6 +516,10 @@ def test_command_carries_model_box_prompt_and_device(tmp_path):
     assert bundle_process.infer_command("b", "i", "o", prompt="whole", python="py")[-2:] == ["--prompt", "whole"]
     env = bundle_process.child_environment(tmp_path)
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path.resolve())
+    onnx = bundle_process.infer_command("b", "in.nrrd", "out", model="m.pt", box=(1, 2, 3, 4), device="cuda",
+                                        python="py", route="onnx")
+    assert onnx[:4] == ["py", "-m", "scripts.deploy.predictor", "in.nrrd"] and "--device" not in onnx
+    assert onnx[onnx.index("--model") + 1] == "m.pt" and "--box" in onnx
 
 
 def test_successful_run_reports_progress_and_output(fake_bundle, tmp_path, monkeypatch):

@@ -15,8 +15,9 @@ import unittest
 import numpy as np
 import pytest
 import slicer_fixtures as sf
+from conftest import optional_module
 
-slicer = pytest.importorskip("slicer", reason="the slicer-core wheel (test extra) gives real MRML")
+slicer = optional_module("slicer", "the slicer-core wheel (test extra) gives real MRML")
 
 
 class _Base:

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicer_fixtures as sf
+from conftest import optional_module
 
-slicer = pytest.importorskip("slicer", reason="the slicer-core wheel (test extra) gives real MRML")
+slicer = optional_module("slicer", "the slicer-core wheel (test extra) gives real MRML")
 
 from AdaQATSegmentationLib import bundle_process, segmentation_output, volume_io  # noqa: E402
 from AdaQATSegmentationLib.logic import AdaQATSegmentationLogic, SegmentationRequest  # noqa: E402
@@ -24,15 +25,31 @@ MIN_DICE = 0.8
 
 
 @pytest.fixture(scope="module")
-def bundle_with_models(jsrt_models, tmp_path_factory) -> Path:
-    """The repo's bundle with the test-trained models installed, as `adaqat pipeline --install-models` does."""
+def bundle_with_models(shipped_models, tmp_path_factory) -> Path:
+    """The repo's bundle as a fresh clone has it: the shipped models and the INT8 model's ONNX form."""
     root = tmp_path_factory.mktemp("bundle") / "monai_bundle"
-    (root / "models").mkdir(parents=True)
-    for name in ("configs", "scripts", "LICENSE", "large_files.yml"):
+    root.mkdir(parents=True)
+    for name in ("configs", "scripts", "models", "LICENSE", "large_files.yml"):
         (root / name).symlink_to(sf.REPO / "monai_bundle" / name)
-    (root / "models" / "model.pt").symlink_to(jsrt_models["fp32"])
-    (root / "models" / "model_int8.pt").symlink_to(jsrt_models["int8"])
     return root
+
+
+def test_first_click_runs_the_shipped_model_without_pytorch(bundle_with_models, jsrt_dir, tmp_path, monkeypatch):
+    """The default request (bundled INT8, route auto) takes the torch-free route: the child is the predictor on the
+    shipped ONNX graphs, and it segments although ``import torch`` fails in its Python."""
+    blocked = tmp_path / "no_torch" / "torch"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('torch is not installed (blocked by the test)')\n")
+    monkeypatch.setenv("PYTHONPATH", str(blocked.parent))
+    scene = sf.new_scene()
+    volume = sf.volume_from_file(scene, jsrt_dir / "images" / "JPCLN120.png", "JPCLN120")
+    logic = AdaQATSegmentationLogic(scene, bundle_with_models)
+    handle = logic.start(SegmentationRequest(volume))
+    assert handle.route == "onnx" and "scripts.deploy.predictor" in handle.process.command
+    handle.process.wait(600, raise_errors=False)
+    node = logic.finish(handle)
+    reference = sf.read_reference_mask(jsrt_dir / "masks" / "JPCLN120.png")
+    assert _lung_dice(scene, node, volume, reference) > MIN_DICE
 
 
 def _lung_dice(scene, node, volume, reference: np.ndarray) -> float:
@@ -46,14 +63,15 @@ def _geometry(node) -> str:
         slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
 
 
-@pytest.mark.parametrize("model, image", [("fp32", "JPCNN010"), ("int8", "JPCLN120")])
-def test_volume_in_lung_segmentation_out(bundle_with_models, jsrt_dir, model, image):
+@pytest.mark.parametrize("model, route, image", [("fp32", "torch", "JPCNN010"), ("int8", "torch", "JPCLN120"),
+                                                 ("int8", "onnx", "JPCNN010")])
+def test_volume_in_lung_segmentation_out(bundle_with_models, jsrt_dir, model, route, image):
     scene = sf.new_scene()
     volume = sf.volume_from_file(scene, jsrt_dir / "images" / f"{image}.png", image)
     volume.SetSpacing(0.7, 0.7, 1.0)  # a real detector's pixel size and an off-centre origin
     volume.SetOrigin(80.0, 80.0, 0.0)
     logic = AdaQATSegmentationLogic(scene, bundle_with_models)
-    node = logic.run(SegmentationRequest(volume, model=model, device="cpu"), timeout_s=600)
+    node = logic.run(SegmentationRequest(volume, model=model, device="cpu", route=route), timeout_s=600)
     assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is volume
     assert _geometry(node).startswith("-0.7;0;0;80;0;-0.7;0;80;")
     reference = sf.read_reference_mask(jsrt_dir / "masks" / f"{image}.png")
@@ -85,7 +103,7 @@ def test_second_run_with_a_roi_box_replaces_own_output_and_keeps_user_segments(b
     assert _lung_dice(scene, second, volume, reference) > MIN_DICE
 
 
-def test_dicom_volume_is_segmented_on_its_own_grid(bundle_with_models, jsrt_models, jsrt_dir, tmp_path):
+def test_dicom_volume_is_segmented_on_its_own_grid(bundle_with_models, shipped_models, jsrt_dir, tmp_path):
     import SimpleITK as sitk
 
     pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(jsrt_dir / "images" / "JPCNN030.png")))
@@ -94,7 +112,7 @@ def test_dicom_volume_is_segmented_on_its_own_grid(bundle_with_models, jsrt_mode
     scene = sf.new_scene()
     volume = sf.volume_from_file(scene, dcm, "DX chest")
     logic = AdaQATSegmentationLogic(scene, bundle_with_models)
-    node = logic.run(SegmentationRequest(volume, model="file", model_file=str(jsrt_models["fp32"]), device="cpu"),
+    node = logic.run(SegmentationRequest(volume, model="file", model_file=str(shipped_models["fp32"]), device="cpu"),
                      timeout_s=600)
     assert _geometry(node).startswith("-0.25;0;0;100;0;-0.5;0;80;")  # PixelSpacing (0.5 row, 0.25 column)
     reference = sf.read_reference_mask(jsrt_dir / "masks" / "JPCNN030.png")
@@ -119,12 +137,15 @@ def test_cancel_stops_the_run_and_leaves_no_output(bundle_with_models, jsrt_dir)
     assert not handle.workdir.exists()
 
 
-def test_engine_refusal_reaches_the_user_with_the_log(bundle_with_models):
+@pytest.mark.parametrize("route", ["torch", "onnx"])
+def test_engine_refusal_reaches_the_user_with_the_log(bundle_with_models, route):
     scene = sf.new_scene()
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "blank plate")
     slicer.util.updateVolumeFromArray(volume, np.full((1, 128, 128), 7, np.uint8))
     logic = AdaQATSegmentationLogic(scene, bundle_with_models)
     with pytest.raises(bundle_process.BundleRunError, match=r"volume 'blank plate': image is blank") as info:
-        logic.run(SegmentationRequest(volume, model="int8", device="cpu"), timeout_s=600)
-    assert "blank_plate.nrrd" in info.value.log and "failures_inputs.json" in info.value.log
+        logic.run(SegmentationRequest(volume, model="int8", device="cpu", route=route), timeout_s=600)
+    assert "blank_plate.nrrd" in info.value.log
+    if route == "torch":  # the bundle's input screen also writes its report
+        assert "failures_inputs.json" in info.value.log
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 from scipy.stats import wilcoxon
-from scripts.evaluation.metrics import write_metrics
+from scripts.evaluation.metrics import compare_prediction_sets, write_metrics
 
 from adaqat.study.methods import METHODS
-from adaqat.study.tables import COLUMNS, criteria, paired_dice, protocol_rows, write_results
+from adaqat.study.tables import COLUMNS, criteria, protocol_rows, write_results
 
 IDS = [f"img{i:02d}" for i in range(12)]
 
@@ -31,7 +31,7 @@ def test_paired_dice_pairs_by_image_id_not_by_row_order(tmp_path):
     b = {k: a[k] - float(d) for k, d in zip(IDS, rng.uniform(-0.01, 0.03, len(IDS)))}
     write_metrics(_rows(a), tmp_path / "a.csv", tmp_path / "a.json")
     write_metrics(_rows(dict(reversed(list(b.items())))), tmp_path / "b.csv", tmp_path / "b.json")  # other row order
-    result = paired_dice(tmp_path / "a.csv", tmp_path / "b.csv", "a", "b")
+    result = compare_prediction_sets(tmp_path / "a.csv", tmp_path / "b.csv", "dice", "a", "b")
     expected = wilcoxon([a[k] for k in IDS], [b[k] for k in IDS])
     assert result["p_value"] == pytest.approx(expected.pvalue)
     assert result["ids"] == sorted(IDS) and result["n"] == len(IDS)
@@ -46,7 +46,7 @@ def test_paired_dice_names_the_missing_images_and_the_file(tmp_path):
     write_metrics(_rows(a), tmp_path / "a.csv", tmp_path / "a.json")
     write_metrics(_rows(b), tmp_path / "b.csv", tmp_path / "b.json")
     with pytest.raises(ValueError, match=r"b\.csv lacks \['img03', 'img07'\]"):
-        paired_dice(tmp_path / "a.csv", tmp_path / "b.csv", "a", "b")
+        compare_prediction_sets(tmp_path / "a.csv", tmp_path / "b.csv", "dice", "a", "b")
 
 
 def _synthetic_protocol(root, int8_shift: float = 0.0, int8_bytes: int = 400, full_trainable: int = 10_000):

@@ -65,7 +65,9 @@ def test_training_refuses_it_as_resume_point_or_starting_weights(evil, jsrt_dir,
     path, target = evil
     with pytest.raises(Exception) as info:
         run_bundle(["train"], {"dataset_dir": str(jsrt_dir), "limit": 2, "num_epochs": 1, "split#by": "image",
-                               "run_dir": str(tmp_path / "run"), "export_path": str(tmp_path / "model.pt"), override: str(path)})
+                               "run_dir": str(tmp_path / "run"), "export_path": str(tmp_path / "model.pt"),
+                               "allow_random_encoder": True,  # so the refusal is the file's, not the missing encoder's
+                               override: str(path)})
     assert "weights_only" in str(root_cause(info.value)) or "evil.pt" in str(root_cause(info.value))
     assert not target.exists()
 

@@ -42,8 +42,8 @@ def _load_packager():
 packager = _load_packager()
 
 
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -57,8 +57,9 @@ def metadata() -> dict:
 
 
 @pytest.fixture(scope="module")
-def package_zip(jsrt_models, tmp_path_factory) -> Path:
-    return packager.package(jsrt_models["out"] / "models", tmp_path_factory.mktemp("dist"))
+def package_zip(shipped_models, tmp_path_factory) -> Path:
+    """The zip of the bundle as it ships: its own trained models, foundation and ONNX form included."""
+    return packager.package(shipped_models["int8"].parent, tmp_path_factory.mktemp("dist"))
 
 
 def _fake_models(folder: Path) -> Path:
@@ -103,7 +104,7 @@ def test_missing_weights_are_refused(tmp_path):
 
 
 def test_stale_weights_in_large_files_are_caught(tmp_path):
-    """check_large_files compares the md5 listed with the bytes shipped."""
+    """check_large_files compares the sha256 listed with the bytes shipped."""
     staging = tmp_path / "staging"
     packager.stage_bundle(packager.BUNDLE, _fake_models(tmp_path / "models"), staging, NAME, packager.DEFAULT_URL)
     packager.check_large_files(staging / NAME)
@@ -129,9 +130,13 @@ def test_package_layout(package_zip, metadata):
         assert shipped_meta["version"] in shipped_meta["changelog"]
         assert shipped_meta["required_packages_version"]["fire"]  # `python -m monai.bundle` needs it
         entries = {e["path"]: e for e in yaml.safe_load(zf.read(f"{NAME}/large_files.yml"))["large_files"]}
-        for weight in ("models/model.pt", "models/model_int8.pt"):
-            assert entries[weight]["hash_type"] == "md5"
-            assert entries[weight]["hash_val"] == hashlib.md5(zf.read(f"{NAME}/{weight}")).hexdigest()
+        weights = sorted(n.removeprefix(f"{NAME}/") for n in names if n.startswith(f"{NAME}/models/"))
+        # the shipped set: foundation, FP32, INT8 and the INT8 model's two ONNX graphs
+        assert [w for w in weights if w.endswith(".pt")] == ["models/foundation.pt", "models/model.pt", "models/model_int8.pt"]
+        assert len([w for w in weights if w.endswith(".onnx")]) == 2
+        for weight in weights:
+            assert entries[weight]["hash_type"] == "sha256"
+            assert entries[weight]["hash_val"] == hashlib.sha256(zf.read(f"{NAME}/{weight}")).hexdigest()
             assert entries[weight]["url"].endswith(f"/v{metadata['version']}/{Path(weight).name}")
 
 
@@ -222,8 +227,7 @@ def _download(url: str, bundle_dir: Path) -> Path:
 def _assert_downloaded(root: Path, metadata: dict) -> None:
     assert json.loads((root / "configs" / "metadata.json").read_text())["version"] == metadata["version"]
     for entry in yaml.safe_load((root / "large_files.yml").read_text())["large_files"]:
-        if entry["path"].startswith("models/model"):
-            assert _md5(root / entry["path"]) == entry["hash_val"]
+        assert _sha256(root / entry["path"]) == entry["hash_val"]
 
 
 @pytest.mark.e2e
@@ -245,6 +249,44 @@ def test_download_from_github_release_layout_on_loopback(package_zip, metadata, 
     try:
         url = f"http://127.0.0.1:{server.server_port}/adaqat/adaqat-cxr/releases/download/{tag}/{package_zip.name}"
         _assert_downloaded(_download(url, tmp_path / "bundles"), metadata)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _serve(folder: Path) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.e2e
+def test_zip_without_weights_downloads_them_with_their_hashes(shipped_models, tmp_path):
+    """A zip that lists the weights but leaves them out: MONAI's download_large_files fetches each from its URL
+    (a release folder on loopback) and checks its sha256; a file that does not match is refused, not installed."""
+    release = tmp_path / "release"
+    shutil.copytree(shipped_models["int8"].parent, release, ignore=shutil.ignore_patterns(".gitkeep"))
+    server = _serve(release)
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/{{file}}"
+        zipped = packager.package(shipped_models["int8"].parent, tmp_path / "dist", url=url, with_weights=False)
+        with zipfile.ZipFile(zipped) as zf:
+            assert not [n for n in zf.namelist() if "/models/" in n]  # no weight in the zip
+            zf.extractall(tmp_path / "unzipped")
+        root = tmp_path / "unzipped" / NAME
+        entries = yaml.safe_load((root / "large_files.yml").read_text())["large_files"]
+        fetch = [sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(root)]
+        out = subprocess.run(fetch, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        for entry in entries:
+            assert _sha256(root / entry["path"]) == entry["hash_val"] == _sha256(release / Path(entry["path"]).name)
+
+        # the release's model.pt is not the one listed: the download fails on the hash and leaves no such file
+        (root / "models" / "model.pt").unlink()
+        (release / "model.pt").write_bytes(b"tampered" + (release / "model.pt").read_bytes()[8:])
+        out = subprocess.run(fetch, capture_output=True, text=True, timeout=600)
+        assert out.returncode != 0 and "check of downloaded file failed" in out.stdout + out.stderr
+        assert not (root / "models" / "model.pt").exists()
     finally:
         server.shutdown()
         server.server_close()

@@ -15,6 +15,7 @@ MODULE_DIR = Path(__file__).resolve().parents[1]
 INT8_MODEL = "models/model_int8.pt"
 FP32_MODEL = "models/model.pt"
 MODEL_SUFFIXES = (".pt", ".pth")
+ROUTES = ("auto", "onnx", "torch")
 
 
 class BundleNotFoundError(FileNotFoundError):
@@ -97,3 +98,26 @@ def resolve_model(choice: str, bundle_root: str | Path, user_file: str | Path | 
                 "the module's Advanced section" if choice != "file" else "")
         raise FileNotFoundError(f"{path}: model file not found{hint}")
     return path.resolve()
+
+
+def has_onnx_form(model: str | Path) -> bool:
+    """Both ONNX graphs of ``model`` lie beside it (``<stem>.encoder-<size>.onnx`` and ``.decoder-<size>.onnx``,
+    as ``adaqat export-onnx`` writes them); whether they are current is the predictor's check, by hash."""
+    model = Path(model)
+    return all(any(model.parent.glob(f"{model.stem}.{part}-*.onnx")) for part in ("encoder", "decoder"))
+
+
+def resolve_route(route: str, choice: str, model: str | Path) -> str:
+    """Which engine runs: "onnx" (numpy + onnxruntime, no PyTorch) or "torch" (the bundle's inference config).
+
+    "auto" takes the torch-free route for the bundled models that ship their ONNX form, and the torch route for
+    a user's file (checkpoints of fine-tuning, official SAM weights), which has no ONNX form until exported.
+    """
+    if route not in ROUTES:
+        raise ValueError(f"unknown route {route!r}: one of {ROUTES}")
+    if route == "auto":
+        return "onnx" if choice != "file" and has_onnx_form(model) else "torch"
+    if route == "onnx" and not has_onnx_form(model):
+        raise FileNotFoundError(f"{model}: no ONNX form beside it; make it once with `adaqat export-onnx {model}` "
+                                "or choose the PyTorch route")
+    return route

@@ -79,12 +79,20 @@ CHILD = Path(__file__).resolve().with_name("child_main.py")
 
 def infer_command(bundle_root: str | Path, image: str | Path, output_dir: str | Path, model: str | Path | None = None,
                   box: Sequence[float] | None = None, refine_box: bool = True, prompt: str | None = None,
-                  device: str | None = None, python: str | None = None) -> list[str]:
-    """The child's command line for one image: the bundle's inference config with these overrides."""
-    cmd = [python or python_executable(), str(CHILD), "infer", str(image), "-o", str(output_dir),
-           "--bundle", str(Path(bundle_root).resolve())]
-    if model:
-        cmd += ["--model", str(model)]
+                  device: str | None = None, python: str | None = None, route: str = "torch") -> list[str]:
+    """The child's command line for one image: the bundle's inference config with these overrides ("torch"), or
+    the bundle's torch-free predictor on the model's ONNX form ("onnx": numpy + onnxruntime, CPU, no device)."""
+    if route == "onnx":
+        if not model:
+            raise ValueError("the onnx route needs a model file (its ONNX graphs lie beside it)")
+        cmd = [python or python_executable(), "-m", "scripts.deploy.predictor", str(image), "-o", str(output_dir),
+               "--model", str(model)]
+        device = None
+    else:
+        cmd = [python or python_executable(), str(CHILD), "infer", str(image), "-o", str(output_dir),
+               "--bundle", str(Path(bundle_root).resolve())]
+        if model:
+            cmd += ["--model", str(model)]
     if box is not None:
         cmd += ["--box", *(f"{float(v):.2f}" for v in box)]
         if not refine_box:

@@ -1,9 +1,11 @@
 """Python packages the bundle needs in Slicer's Python, checked and installed on the first Apply.
 
-Nothing is installed at import: ``missing()`` only looks packages up (``importlib.util.find_spec``, no
-import), and ``install_missing()`` asks first. torch and torchvision come through the PyTorch extension
-(``PyTorchUtils``, which picks the build for the machine's GPU); the rest through ``slicer.util.pip_install``.
-Versions are the engine's pins (setup.py; a test keeps them equal).
+Two routes, two sets: the default, torch-free route (the shipped model's ONNX form) needs only onnxruntime
+beside what Slicer ships (numpy, SimpleITK, pydicom, Pillow); the PyTorch route (a user's checkpoint,
+fine-tuning) needs the whole engine. Nothing is installed at import: ``missing()`` only looks packages up
+(``importlib.util.find_spec``, no import), and ``install_missing()`` asks first. torch and torchvision come
+through the PyTorch extension (``PyTorchUtils``, which picks the build for the machine's GPU); the rest through
+``slicer.util.pip_install``. Versions are the engine's pins (setup.py; a test keeps them equal).
 """
 
 from __future__ import annotations
@@ -47,6 +49,16 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("pydicom", "pydicom"),
     Requirement("PIL", "pillow"),
 )
+
+
+# What the torch-free predictor (scripts.deploy) imports: onnxruntime, and Slicer's own numpy/SimpleITK/pydicom/PIL.
+ONNX_REQUIREMENTS: tuple[Requirement, ...] = tuple(
+    r for r in REQUIREMENTS if r.module in ("onnxruntime", "numpy", "SimpleITK", "pydicom", "PIL"))
+
+
+def requirements_for(route: str) -> tuple[Requirement, ...]:
+    """The packages one route needs: "onnx" (the default for the shipped model) or "torch"."""
+    return ONNX_REQUIREMENTS if route == "onnx" else REQUIREMENTS
 
 
 class DependencyError(RuntimeError):

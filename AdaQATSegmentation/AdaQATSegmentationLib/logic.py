@@ -31,6 +31,7 @@ class SegmentationRequest:
     refine_box: bool = True  # a second pass refines the ROI box (else it is used as is)
     prompt: str = "two_pass"  # without ROI: "two_pass" (whole image, then a refined box) or "whole"
     device: str = "auto"
+    route: str = "auto"  # "auto": torch-free (ONNX) for the bundled models, PyTorch for a user's file; "onnx"; "torch"
 
 
 @dataclass
@@ -43,6 +44,7 @@ class RunHandle:
     image: Path
     output_dir: Path
     box: tuple[float, float, float, float] | None = None
+    route: str = "torch"
 
 
 def _safe_name(name: str) -> str:
@@ -61,6 +63,11 @@ class AdaQATSegmentationLogic:
     def bundle_root(self) -> Path:
         return bundle_paths.find_bundle(self._bundle_root)
 
+    def model_and_route(self, request: SegmentationRequest) -> tuple[Path, str]:
+        """The model file the request picks and the engine that runs it (decides which packages are needed)."""
+        model = bundle_paths.resolve_model(request.model, self.bundle_root, request.model_file)
+        return model, bundle_paths.resolve_route(request.route, request.model, model)
+
     def start(self, request: SegmentationRequest) -> RunHandle:
         """Check the inputs, write the volume and start the bundle's inference; errors come before any process."""
         if request.prompt not in PROMPTS:
@@ -69,7 +76,7 @@ class AdaQATSegmentationLogic:
             raise ValueError(f"unknown device {request.device!r}: one of {DEVICES}")
         volume_io.check_radiograph_volume(request.volume_node)
         root = self.bundle_root
-        model = bundle_paths.resolve_model(request.model, root, request.model_file)
+        model, route = self.model_and_route(request)
         box = volume_io.roi_to_box(request.roi_node, request.volume_node) if request.roi_node is not None else None
         workdir = Path(tempfile.mkdtemp(prefix="adaqat-slicer-"))
         try:
@@ -79,11 +86,11 @@ class AdaQATSegmentationLogic:
             process = bundle_process.start_infer(
                 root, image, output_dir, model=model, box=box, refine_box=request.refine_box,
                 prompt=None if box is not None else request.prompt,
-                device=None if request.device == "auto" else request.device, python=self.python)
+                device=None if request.device == "auto" else request.device, python=self.python, route=route)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
-        return RunHandle(request, process, workdir, image, output_dir, box)
+        return RunHandle(request, process, workdir, image, output_dir, box, route)
 
     def finish(self, handle: RunHandle) -> Any:
         """After the process ended: raise its error, or put the mask into the segmentation node."""

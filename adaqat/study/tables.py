@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from scripts.atomic import atomic_write_text
-from scripts.evaluation.metrics import METRIC_KEYS, read_metrics_csv, wilcoxon_paired
+from scripts.evaluation.metrics import METRIC_KEYS, compare_prediction_sets
 
 from adaqat.study.methods import METHODS, PROTOCOLS
 
@@ -30,28 +30,6 @@ COLUMNS = ("protocol", "method", "label", "precision", "prompt", "n",
            "file_bytes", "fp32_file_bytes", "size_ratio_vs_fp32", "latency_ms", "images_per_s", "peak_rss_mib",
            "p_vs_decoder_ft", "dice_diff_vs_decoder_ft", "p_vs_fp32_parent", "dice_diff_vs_fp32_parent", "n_paired",
            "keep_float")
-
-
-def paired_dice(csv_a: str | Path, csv_b: str | Path, name_a: str, name_b: str) -> dict[str, Any]:
-    """Wilcoxon signed-rank test of per-image Dice, ``a - b``, paired by image id.
-
-    Both CSVs must score exactly the same images (same test split): a missing image would silently
-    change what is compared, so it is an error naming the images and the file that lacks them.
-    """
-    rows_a, rows_b = read_metrics_csv(csv_a), read_metrics_csv(csv_b)
-    only_a, only_b = sorted(set(rows_a) - set(rows_b)), sorted(set(rows_b) - set(rows_a))
-    if only_a or only_b:
-        parts = []
-        if only_a:
-            parts.append(f"{csv_b} lacks {only_a[:5]}{' ...' if len(only_a) > 5 else ''}")
-        if only_b:
-            parts.append(f"{csv_a} lacks {only_b[:5]}{' ...' if len(only_b) > 5 else ''}")
-        raise ValueError(f"cannot pair {name_a} with {name_b}: not the same images; " + "; ".join(parts))
-    dice_a = {k: float(r["dice"]) for k, r in rows_a.items()}
-    dice_b = {k: float(r["dice"]) for k, r in rows_b.items()}
-    result = wilcoxon_paired(dice_a, dice_b, name_a, name_b)
-    result["ids"] = sorted(dice_a)
-    return result
 
 
 def _eval_files(folder: Path, prompt: str) -> tuple[Path, Path]:
@@ -93,11 +71,13 @@ def protocol_rows(protocol: str, root: Path, methods: Sequence[Any], records: Ma
                 row[f"{m}_std"] = summary["metrics"][m]["std"]
             base_prompt = DEPLOYED_PROMPT if prompt == "none" else prompt
             if method.name != BASELINE and BASELINE in records:
-                test = paired_dice(csv_path, _eval_files(root / BASELINE, base_prompt)[0], method.name, f"{BASELINE}:{base_prompt}")
+                test = compare_prediction_sets(csv_path, _eval_files(root / BASELINE, base_prompt)[0], "dice", method.name,
+                                               f"{BASELINE}:{base_prompt}")
                 row["p_vs_decoder_ft"], row["dice_diff_vs_decoder_ft"] = test["p_value"], test["mean_difference"]
                 row["n_paired"] = test["n"]
             if method.parent:
-                test = paired_dice(csv_path, _eval_files(root / method.parent, prompt)[0], method.name, method.parent)
+                test = compare_prediction_sets(csv_path, _eval_files(root / method.parent, prompt)[0], "dice", method.name,
+                                               method.parent)
                 row["p_vs_fp32_parent"], row["dice_diff_vs_fp32_parent"] = test["p_value"], test["mean_difference"]
                 row["n_paired"] = test["n"]
             rows.append({k: row.get(k) for k in COLUMNS})
@@ -249,5 +229,5 @@ def write_results(out: Path, protocols: Mapping[str, Mapping[str, Any]], setting
     return path
 
 
-__all__ = ["BASELINE", "COLUMNS", "CRITERIA", "PROMPT_LABELS", "criteria", "markdown_tables", "paired_dice",
+__all__ = ["BASELINE", "COLUMNS", "CRITERIA", "PROMPT_LABELS", "criteria", "markdown_tables",
            "protocol_rows", "write_results"]

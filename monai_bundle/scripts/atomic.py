@@ -12,8 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import torch
-
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -63,4 +61,6 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], Any]) ->
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` through a temporary file and an atomic rename."""
+    import torch  # here, not at import: the torch-free predictor writes masks through this module too
+
     return atomic_write_with(path, lambda tmp: torch.save(obj, tmp))

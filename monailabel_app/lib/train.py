@@ -4,25 +4,26 @@ Why a subclass: ``BundleTrainTask`` feeds the datastore's labelled studies to ``
 and loads ``models/model.pt`` into ``network`` with a ``CheckpointLoader``. Our train config builds
 an AdaLoRA network (adapter keys the served FP32 model does not have) and sizes its schedule from
 ``train#datalist``, so the studies go to ``train#datalist`` / ``validate#datalist`` and the served
-model is the SAM the adapters start from (``sam_checkpoint``, shapes read from the file). The run
-ends with the config's own export, which replaces ``models/model.pt`` atomically; the FP32 infer
-task reloads it on its next request.
+model is the SAM the adapters start from (``sam_checkpoint``; the bundle reads its shapes from the file). Stage 1
+ends with the config's own export, which replaces ``models/model.pt`` atomically; then stage 2 (``train.json`` +
+``train_qat.json``: INT8 QAT from stage 1's best checkpoint, ``qat_epochs`` epochs) replaces
+``models/model_int8.pt`` the same way, so both served models are refreshed; each infer task reloads its file on
+its next request.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 from monailabel.tasks.train.bundle import BundleTrainTask
-from monailabel.utils.others.class_utils import unload_module
 
 DEFAULT_EPOCHS = 5
+DEFAULT_QAT_EPOCHS = 2
 
 
 class AdaQATTrainTask(BundleTrainTask):
-    """Stage-1 fine-tuning (AdaLoRA + decoder) of the served FP32 model on the labelled studies."""
+    """Both stages on the labelled studies: AdaLoRA + decoder from the served FP32 model, then INT8 QAT of the result."""
 
     def __init__(self, bundle_path: str, conf: dict[str, str]) -> None:
         super().__init__(bundle_path, conf, load_strict=True)
@@ -30,25 +31,14 @@ class AdaQATTrainTask(BundleTrainTask):
 
     def config(self) -> dict[str, Any]:
         options = super().config()
-        options.update({"max_epochs": DEFAULT_EPOCHS, "val_split": 0.2, "multi_gpu": False, "batch_size": 4})
+        options.update({"max_epochs": DEFAULT_EPOCHS, "qat_epochs": DEFAULT_QAT_EPOCHS, "val_split": 0.2, "multi_gpu": False,
+                        "batch_size": 4})
         options.pop("model_filename", None)  # always fine-tunes (and replaces) models/model.pt
         return options
 
     def _load_checkpoint(self, model_pytorch: str, pretrained: bool, train_handlers: list) -> None:
         # no CheckpointLoader: the served model seeds the SAM under the adapters (see _update_overrides)
         self._start_from = model_pytorch if pretrained and os.path.isfile(model_pytorch) else None
-
-    def _model_shape(self, path: str) -> dict[str, Any]:
-        """Architecture of the model file (so a vit_b bundle model is fine-tuned as vit_b)."""
-        sys.path.insert(0, self.bundle_path)
-        try:
-            unload_module("scripts")
-            from scripts.model.sam import infer_arch, read_state_dict
-
-            state = {k.removeprefix("sam."): v for k, v in read_state_dict(path).items()}
-            return infer_arch(state).to_dict()
-        finally:
-            sys.path.remove(self.bundle_path)
 
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
         train = overrides.pop(self.const.key_train_dataset_data())
@@ -66,10 +56,30 @@ class AdaQATTrainTask(BundleTrainTask):
             "run_dir": os.path.join(self.bundle_path, "runs", "monailabel"),
             "export_path": os.path.join(self.bundle_path, "models", self.const.model_pytorch()),
         })
-        if self._start_from:
-            arch = self._model_shape(self._start_from)
-            overrides.update({"sam_checkpoint": self._start_from, "arch": arch, "image_size": arch["image_size"]})
+        if self._start_from:  # the bundle reads the SAM's architecture and input size from the file
+            overrides["sam_checkpoint"] = self._start_from
         return overrides
+
+    def run_single_gpu(self, request: dict[str, Any], overrides: dict[str, Any]) -> None:
+        """Stage 1 (MONAI Label's run of ``train.json``), then stage 2 from its best checkpoint (0 QAT epochs: skip)."""
+        super().run_single_gpu(request, overrides)
+        qat_epochs = int(request.get("qat_epochs", DEFAULT_QAT_EPOCHS))
+        if qat_epochs <= 0:
+            return
+        import monai.bundle
+
+        configs = os.path.join(self.bundle_path, "configs")
+        stage2 = {k: v for k, v in overrides.items() if k not in ("sam_checkpoint", self.const.key_train_handlers())}
+        stage2.update({
+            "stage1_checkpoint": os.path.join(overrides["run_dir"], "model.pt"),
+            "run_dir": overrides["run_dir"] + "_qat",
+            "export_path": os.path.join(self.bundle_path, "models", "model_int8.pt"),
+            "num_epochs": qat_epochs,
+            self.const.key_train_trainer_max_epochs(): qat_epochs,
+        })
+        monai.bundle.run(run_id=request.get("run_id", "run"), init_id=None, final_id=None, meta_file=self.bundle_metadata_path,
+                         config_file=[os.path.join(configs, "train.json"), os.path.join(configs, "train_qat.json")],
+                         **stage2)
 
     def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
         self._request = request

@@ -127,6 +127,60 @@ class BoxFromMaskd(Randomizable, MapTransform):
         return d
 
 
+class RandTextOverlayd(Randomizable, MapTransform):
+    """Burn a short word into the image, as scanners and PACS exports do (side markers, "PORTABLE", dates).
+
+    Why: radiographs from other hospitals carry bright annotations that JSRT never shows, and a model that has
+    not seen them segments them. With probability ``prob``, one to three words from ``words`` are drawn at random
+    places near the image border, in the image's brightest value, at a random height of 3-8 % of the image.
+    Only the image changes; the label does not.
+    """
+
+    WORDS = ("L", "R", "AP", "PA", "PORTABLE", "SUPINE", "ERECT", "12/03", "CXR", "1")
+
+    def __init__(self, keys: KeysCollection = "image", prob: float = 0.3, words: Sequence[str] = WORDS,
+                 allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.prob, self.words = float(prob), tuple(words)
+        self._draws: list[tuple[str, float, float, float]] = []
+
+    def randomize(self, data: Any = None) -> None:
+        self._draws = []
+        if self.R.random_sample() < self.prob:
+            for _ in range(self.R.randint(1, 4)):
+                word = self.words[self.R.randint(len(self.words))]
+                # near an edge: one coordinate in the outer 15 % band, the other anywhere
+                along, across = self.R.random_sample(), self.R.random_sample() * 0.15
+                across = across if self.R.random_sample() < 0.5 else 0.85 + across * 0.8
+                x, y = (along, across) if self.R.random_sample() < 0.5 else (across, along)
+                self._draws.append((word, x, y, 0.03 + 0.05 * self.R.random_sample()))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from PIL import Image, ImageDraw, ImageFont
+
+        d = dict(data)
+        self.randomize()
+        if not self._draws:
+            return d
+        for key in self.key_iterator(d):
+            image = d[key]
+            array = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
+            plane = array.reshape(array.shape[-2:])
+            h, w = plane.shape
+            canvas = Image.new("L", (w, h), 0)
+            draw = ImageDraw.Draw(canvas)
+            for word, x, y, height in self._draws:
+                font = ImageFont.load_default(size=max(6, int(height * h)))
+                draw.text((int(x * w * 0.9), int(y * h * 0.95)), word, fill=255, font=font)
+            ink = np.asarray(canvas, dtype=np.float32)[None] / 255.0
+            peak = float(plane.max()) if plane.size else 1.0
+            burned = np.maximum(array.reshape((1, h, w)), ink * peak).reshape(array.shape)
+            d[key] = image.new_tensor(burned) if isinstance(image, torch.Tensor) else burned
+            if isinstance(image, MetaTensor):
+                d[key] = MetaTensor(d[key], meta=image.meta)
+        return d
+
+
 def reference_path(item: Mapping[Hashable, Any], ref_key: str = "image") -> str:
     """The source file of a decollated item (``meta["filename_or_obj"]`` of its image)."""
     meta = getattr(item.get(ref_key), "meta", None) or {}
@@ -161,4 +215,4 @@ class SaveCXRMaskd(MapTransform):
         return d
 
 
-__all__ = ["BoxFromMaskd", "LoadCXRd", "SaveCXRMaskd", "reference_path"]
+__all__ = ["BoxFromMaskd", "LoadCXRd", "RandTextOverlayd", "SaveCXRMaskd", "reference_path"]

@@ -229,15 +229,27 @@ def compare_prediction_sets(
     name_a: str | None = None,
     name_b: str | None = None,
 ) -> dict[str, Any]:
-    """Paired Wilcoxon test of ``metric`` between two per-image CSVs, plus each set's mean."""
+    """Paired Wilcoxon test of ``metric`` between two per-image CSVs of the same images, plus each set's mean.
+
+    Both must score exactly the same images: a missing image would silently change what is compared, so it is
+    an error naming the images and the file that lacks them.
+    """
+    name_a, name_b = name_a or str(csv_a), name_b or str(csv_b)
     ra, rb = read_metrics_csv(csv_a), read_metrics_csv(csv_b)
+    only_a, only_b = sorted(set(ra) - set(rb)), sorted(set(rb) - set(ra))
+    if only_a or only_b:
+        parts = []
+        if only_a:
+            parts.append(f"{csv_b} lacks {only_a[:5]}{' ...' if len(only_a) > 5 else ''}")
+        if only_b:
+            parts.append(f"{csv_a} lacks {only_b[:5]}{' ...' if len(only_b) > 5 else ''}")
+        raise ValueError(f"cannot pair {name_a} with {name_b}: not the same images; " + "; ".join(parts))
     va = {k: float(r[metric]) for k, r in ra.items() if metric in r}
     vb = {k: float(r[metric]) for k, r in rb.items() if metric in r}
     if not va or not vb:
         raise ValueError(f"column {metric!r} missing in {csv_a if not va else csv_b}")
-    result = wilcoxon_paired(va, vb, name_a or str(csv_a), name_b or str(csv_b))
-    common = sorted(set(va) & set(vb))
-    result["metric"] = metric
-    result["mean_a"] = float(np.nanmean([va[k] for k in common]))
-    result["mean_b"] = float(np.nanmean([vb[k] for k in common]))
+    result = wilcoxon_paired(va, vb, name_a, name_b)
+    ids = sorted(va)
+    result.update({"metric": metric, "ids": ids, "mean_a": float(np.nanmean([va[k] for k in ids])),
+                   "mean_b": float(np.nanmean([vb[k] for k in ids]))})
     return result

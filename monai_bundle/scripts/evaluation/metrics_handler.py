@@ -63,9 +63,9 @@ class SegmentationMetricsWriter:
         summary on ``engine.state.adaqat_metrics`` and sets ``engine.state.metrics["mean_<m>"]``
         for each metric unless another handler already owns that key.
 
-    ``resolution="low_res"`` resizes pred and label to ``low_res_size`` x ``low_res_size``
-    (nearest) before scoring — the paper's setting, scored on SAM's low-res mask grid; distances
-    are then in low-res pixels. Rows are per process: in multi-GPU runs attach it on rank 0 only
+    ``resolution="low_res"`` is the paper's metric setting: the prediction is SAM's own low-resolution mask
+    (the evaluator's network returns its ``image_size/4`` logits, thresholded there) and the reference is
+    resized (nearest) to that grid; distances are then in low-res pixels. Rows are per process: in multi-GPU runs attach it on rank 0 only
     or gather outputs first.
     """
 
@@ -75,7 +75,6 @@ class SegmentationMetricsWriter:
         prefix: str = "metrics",
         nsd_tolerance_px: float = 2.0,
         resolution: str = "original",
-        low_res_size: int = 256,
         pred_key: str = "pred",
         label_key: str = "label",
     ) -> None:
@@ -85,12 +84,10 @@ class SegmentationMetricsWriter:
         self.prefix = prefix
         self.nsd_tolerance_px = float(nsd_tolerance_px)
         self.resolution = resolution
-        self.low_res_size = int(low_res_size)
         self.pred_key = pred_key
         self.label_key = label_key
         self.rows: list[dict[str, Any]] = []
         self.summary: dict[str, Any] | None = None
-        self._resize = Resize(spatial_size=(self.low_res_size, self.low_res_size), mode="nearest")
         self._owned_metric_keys: set[str] = set()
 
     @property
@@ -114,12 +111,13 @@ class SegmentationMetricsWriter:
     def epoch_started(self, engine: Engine) -> None:
         self.rows = []
 
-    def _prepare(self, mask: Any) -> torch.Tensor:
-        m = binarise(mask)  # threshold before resizing, so both masks are resampled the same way
-        if self.resolution == "low_res":
-            m = self._resize(m[None].float())
-            m = (m.as_tensor() if hasattr(m, "as_tensor") else m)[0] >= 0.5
-        return m
+    def _reference_on(self, label: Any, pred: torch.Tensor) -> torch.Tensor:
+        """The reference on the prediction's grid: resized (nearest) when scoring SAM's low-res output."""
+        ref = binarise(label)
+        if self.resolution == "low_res" and ref.shape != pred.shape:
+            ref = Resize(spatial_size=tuple(pred.shape), mode="nearest")(ref[None].float())
+            ref = (ref.as_tensor() if hasattr(ref, "as_tensor") else ref)[0] >= 0.5
+        return ref
 
     def iteration_completed(self, engine: Engine) -> None:
         output = engine.state.output
@@ -131,15 +129,13 @@ class SegmentationMetricsWriter:
             if self.pred_key not in item or self.label_key not in item:
                 raise KeyError(f"output item lacks {self.pred_key!r} or {self.label_key!r}: keys {sorted(item)}")
             rid = image_id(item, len(self.rows), self.pred_key, self.label_key)
-            scores = image_metrics(
-                self._prepare(item[self.pred_key]), self._prepare(item[self.label_key]), self.nsd_tolerance_px
-            )
+            pred = binarise(item[self.pred_key])
+            scores = image_metrics(pred, self._reference_on(item[self.label_key], pred), self.nsd_tolerance_px)
             self.rows.append({"id": rid, **scores})
 
     def completed(self, engine: Engine) -> None:
         extra = {
             "resolution": self.resolution,
-            "low_res_size": self.low_res_size if self.resolution == "low_res" else None,
             "nsd_tolerance_px": self.nsd_tolerance_px,
             "epoch": int(engine.state.epoch),
         }

@@ -16,7 +16,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from ..quantization.fake_quant import apply_fake_quant
 from .adapters import add_adalora, add_lora, freeze_rank_masks
-from .sam import CheckpointError, check_state_dict, read_state_dict
+from .sam import CheckpointError, SamArch, arch_for, check_state_dict, read_state_dict
 from .segmenter import SamSegmenter
 
 # The paper's selective precision: the encoder's qkv (with its adapters) stays in float.
@@ -48,7 +48,7 @@ def _merge_adapters_to_quantize(network: nn.Module, keep_float: Sequence[str]) -
 
 
 def build_network(
-    arch: str | Mapping[str, Any] = "small",
+    arch: str | SamArch | Mapping[str, Any] | None = "auto",
     image_size: int | None = None,
     sam_checkpoint: str | os.PathLike | None = None,
     train_encoder: bool = False,
@@ -57,10 +57,14 @@ def build_network(
     qat: Mapping[str, Any] | None = None,
     prompt_mode: str = "two_pass",
     refine_margin: float = 10.0,
+    allow_random_encoder: bool = False,
 ) -> SamSegmenter:
     """Build the network of one training stage.
 
     Args:
+        arch, image_size: the SAM to build (``sam.arch_for``): "auto" reads it from ``sam_checkpoint`` (else
+            ``init_checkpoint``, else the CPU-sized ``small``), and ``image_size`` None is its native size
+            (1024 for ViT-B/L/H, the paper's setting).
         sam_checkpoint: SAM weights to start from (official ``.pth`` or a bundle ``model.pt``),
             loaded before any adapter is added; ``None`` starts from random weights (stage 0 here).
         train_encoder: train the whole image encoder (stage 0 / full fine-tuning); otherwise it is
@@ -68,9 +72,17 @@ def build_network(
         adapter: ``{"kind": "adalora", ...add_adalora kwargs}`` or ``{"kind": "lora", ...}``.
         init_checkpoint: a checkpoint of this same layout (e.g. stage 1's best, adapters included),
             loaded after the adapters are in place.
-        qat: ``{"keep_float": [patterns], "per_channel": bool}``: stage 2's weight fake-quant.
+        qat: ``{"keep_float": [patterns], "per_channel": bool, "activations": "dynamic_per_tensor" | None}``:
+            stage 2's fake-quant (weights, and the inputs as the INT8 runtimes quantize them).
+        allow_random_encoder: adapters on a frozen, randomly initialised encoder learn nothing useful, so
+            they are refused unless a test asks for exactly that.
     """
-    network = SamSegmenter(arch, image_size=image_size, checkpoint=sam_checkpoint, prompt_mode=prompt_mode, refine_margin=refine_margin)
+    if adapter and not train_encoder and not (sam_checkpoint or init_checkpoint) and not allow_random_encoder:
+        raise ValueError("adapter training needs a pretrained SAM encoder to adapt: pass one with --checkpoint "
+                         "(e.g. sam_vit_b_01ec64.pth, or the foundation a stage-0 run exported; sam_checkpoint in "
+                         "the config), or train the whole SAM first (stage 0, adaqat train --full)")
+    spec = arch_for(arch, image_size, sam_checkpoint or init_checkpoint)
+    network = SamSegmenter(spec, checkpoint=sam_checkpoint, prompt_mode=prompt_mode, refine_margin=refine_margin)
     network.sam.image_encoder.requires_grad_(bool(train_encoder))
     if adapter:
         options = dict(adapter)
@@ -86,13 +98,12 @@ def build_network(
     if init_checkpoint:
         load_network_checkpoint(network, init_checkpoint)
     if qat:
-        keep_float = list(qat.get("keep_float", PAPER_KEEP_FLOAT))
+        config = {"keep_float": list(qat.get("keep_float", PAPER_KEEP_FLOAT)),
+                  "per_channel": bool(qat.get("per_channel", True)), "activations": qat.get("activations", "dynamic_per_tensor")}
         freeze_rank_masks(network)
-        _merge_adapters_to_quantize(network, keep_float)
-        network.quantized_layers = apply_fake_quant(  # type: ignore[attr-defined]
-            network, keep_float=keep_float, per_channel=bool(qat.get("per_channel", True))
-        )
-        network.qat_config = {"keep_float": keep_float, "per_channel": bool(qat.get("per_channel", True))}  # type: ignore[attr-defined]
+        _merge_adapters_to_quantize(network, config["keep_float"])
+        network.quantized_layers = apply_fake_quant(network, **config)  # type: ignore[attr-defined]
+        network.qat_config = config  # type: ignore[attr-defined]
     return network
 
 

@@ -7,6 +7,7 @@ segment-anything's own classes; this module only chooses their sizes and checks 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 PATCH_SIZE = 16
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -180,14 +182,20 @@ def resample_rel_pos(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
     return resized.squeeze(0).t().to(rel_pos.dtype)
 
 
-def adapt_state_dict_to(model_state: Mapping[str, torch.Tensor], state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
-    """Resample position embeddings of ``state`` where the model was built for another input size."""
+def adapt_state_dict_to(model_state: Mapping[str, torch.Tensor], state: dict[str, torch.Tensor], prefix: str = "",
+                        source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Resample position embeddings of ``state`` where the model was built for another input size.
+
+    Logs one warning naming both sizes: a SAM run away from its native size is a choice to see, not a default.
+    """
     adapted = dict(state)
     for key, value in state.items():
         target = model_state.get(prefix + key)
         if target is None or target.shape == value.shape:
             continue
         if key.endswith("image_encoder.pos_embed"):
+            logger.warning("%s: SAM made for %d px input, run at %d px: position embeddings resampled",
+                           source, value.shape[1] * PATCH_SIZE, target.shape[1] * PATCH_SIZE)
             adapted[key] = resample_pos_embed(value, target.shape[1])
         elif key.endswith(("attn.rel_pos_h", "attn.rel_pos_w")) and target.shape[1] == value.shape[1]:
             adapted[key] = resample_rel_pos(value, target.shape[0])
@@ -217,7 +225,7 @@ def load_sam_checkpoint(sam: Sam, checkpoint: str | os.PathLike) -> Sam:
     """Load an official-layout SAM state dict into ``sam``, resampling position embeddings if needed."""
     # The bundle's network holds SAM under "sam.": its model.pt reads as an official checkpoint too.
     state = {k.removeprefix("sam."): v for k, v in read_state_dict(checkpoint).items()}
-    state = adapt_state_dict_to(sam.state_dict(), state)
+    state = adapt_state_dict_to(sam.state_dict(), state, source=os.fspath(checkpoint))
     check_state_dict(sam, state, os.fspath(checkpoint))
     sam.load_state_dict(state, strict=True)
     return sam
@@ -256,6 +264,33 @@ def infer_arch(state: Mapping[str, torch.Tensor]) -> SamArch:
     )
 
 
+def checkpoint_arch(path: str | os.PathLike) -> SamArch:
+    """The SAM a file holds, at its native input size: the arch an ``adaqat-sam-fp32`` file records, else the
+    shapes of its state dict (official checkpoints, earlier exports, training checkpoints with adapters)."""
+    try:
+        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CheckpointError(f"{os.fspath(path)}: not a readable tensors-only checkpoint: {exc}") from exc
+    if isinstance(obj, dict) and isinstance(obj.get("arch"), dict):
+        return SamArch.from_dict(obj["arch"])
+    state = {k.removeprefix("sam."): v for k, v in read_state_dict(path).items()}
+    try:
+        return infer_arch(state)
+    except (KeyError, IndexError) as exc:
+        raise CheckpointError(f"{os.fspath(path)}: not a SAM checkpoint (no {exc} in it)") from exc
+
+
+def arch_for(arch: str | SamArch | Mapping[str, Any] | None = "auto", image_size: int | None = None,
+             checkpoint: str | os.PathLike | None = None) -> SamArch:
+    """The SAM a run builds: ``arch`` ("auto"/None: read from ``checkpoint``, else the CPU-sized ``small``) at
+    ``image_size`` (None: that SAM's native size, 1024 for ViT-B/L/H as the paper runs them)."""
+    if arch in (None, "auto"):
+        spec = checkpoint_arch(checkpoint) if checkpoint else ARCHS["small"]
+    else:
+        spec = resolve_arch(arch)
+    return resolve_arch(spec, image_size)
+
+
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (optionally only those with ``requires_grad``)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
@@ -264,6 +299,8 @@ def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> i
 __all__ = [
     "ARCHS",
     "CheckpointError",
+    "arch_for",
+    "checkpoint_arch",
     "SamArch",
     "build_sam",
     "check_state_dict",

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from monai.transforms.utils import get_largest_connected_component_mask
 
 from ..data.boxes import box_from_mask, whole_image_box
+from ..quantization.fake_quant import activation_groups
 from .sam import SamArch, build_sam, resolve_arch
 
 PROMPT_MODES = ("box", "whole", "two_pass")
@@ -118,7 +119,8 @@ class SamSegmenter(nn.Module):
         boxes = torch.as_tensor(boxes, dtype=torch.float32, device=images.device).reshape(batch, 4)
         to_sam = torch.tensor([size / width, size / height, size / width, size / height], device=images.device)
         sam_boxes = boxes * to_sam
-        embeddings = self.sam.image_encoder(self.preprocess(images))
+        with activation_groups(batch):  # stage 2's activation ranges per image, as the INT8 runtimes see them
+            embeddings = self.sam.image_encoder(self.preprocess(images))
         low_res = self.decode(embeddings, sam_boxes)
         if self.prompt_mode == "two_pass" and not self.training:
             low_size = low_res.shape[-1]

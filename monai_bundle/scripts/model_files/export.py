@@ -63,7 +63,9 @@ def export_int8(network: nn.Module, best_checkpoint: str | os.PathLike | None, p
     if per_channel is None:
         per_channel = bool(getattr(network, "qat_config", {}).get("per_channel", True))
     artefact = export_int8_state(shipped, names, per_channel=per_channel)
-    return save_int8(artefact, path, extra_meta={"arch": shipped.arch.to_dict(), **_segmenter_meta(shipped)})
+    # what stage 2 simulated (float-kept layers, weight granularity, activation rounding): what the runtimes run
+    qat = dict(getattr(network, "qat_config", {}) or {"per_channel": per_channel})
+    return save_int8(artefact, path, extra_meta={"arch": shipped.arch.to_dict(), "qat": qat, **_segmenter_meta(shipped)})
 
 
 def export_ptq_int8(network: nn.Module, path: str | os.PathLike, keep_float: Sequence[str],

@@ -12,9 +12,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
+from ..deploy import imaging
+from ..deploy.predictor import OnnxSegmenter
 from ..model.sam import PATCH_SIZE, CheckpointError, SamArch, infer_arch
 from ..model.segmenter import SamSegmenter
 from ..model.unet import ResizingUNet
@@ -24,7 +27,7 @@ from .header import SAM_FP32, SAM_INT8, UNET, read_model_file
 
 logger = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "ort", "eager")
+RUNTIMES = ("auto", "ort", "onnx", "eager")
 # "auto" sends an encoder to onnxruntime only above this much work (tokens x width x depth). Measured with
 # `adaqat benchmark` (docs/results.md, 2 threads): the small CPU SAM at 256 px (0.26 M) runs faster in eager
 # PyTorch (22 ms vs 32 ms), ViT-B at 1024 px (37.7 M) 2.2x faster in onnxruntime (4.3 s vs 9.3 s, INT8).
@@ -43,6 +46,9 @@ def resolve_runtime(runtime: str | None, device: str | torch.device = "cpu") -> 
     runtime = runtime or "auto"
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime in ("ort", "onnx") and not runtime_onnx.available():
+        raise ValueError(f"runtime {runtime!r} needs onnxruntime, onnx and onnxscript (the versions in setup.py); "
+                         "install them or use runtime 'eager'")
     if runtime != "auto":
         return runtime
     if torch.device(device).type != "cpu":
@@ -54,15 +60,68 @@ def resolve_runtime(runtime: str | None, device: str | torch.device = "cpu") -> 
     return "ort"
 
 
+def onnx_graph(network: SamSegmenter, model_path: str | os.PathLike, part: str, threads: int | None = None,
+               source_sha256: str | None = None) -> tuple[Any, Path]:
+    """A session of the ONNX ``encoder`` or ``decoder`` of ``model_path`` (``network`` loaded from it), built once and
+    cached beside the model (see ``scripts.deploy.onnx_files``)."""
+    source = source_sha256 or runtime_onnx.file_sha256(model_path)
+    sam, size = network.sam, network.image_size
+    if part == "encoder":
+        mean_std = (sam.pixel_mean.flatten().tolist(), sam.pixel_std.flatten().tolist())
+        build = lambda path: runtime_onnx.build_encoder_onnx(sam.image_encoder, size, path, source, mean_std)  # noqa: E731
+    else:
+        segmenter = {"prompt_mode": network.prompt_mode, "refine_margin": network.refine_margin}
+        build = lambda path: runtime_onnx.build_decoder_onnx(sam.prompt_encoder, sam.mask_decoder, size, path,  # noqa: E731
+                                                             source, segmenter)
+    return runtime_onnx.cached_graph(model_path, part, size, build, threads or torch.get_num_threads(), source)
+
+
 def use_ort_encoder(network: SamSegmenter, model_path: str | os.PathLike, threads: int | None = None) -> SamSegmenter:
     """Replace ``network.sam.image_encoder`` by an onnxruntime encoder built (or cached) from ``model_path``."""
-    session, path = runtime_onnx.encoder_session(network.sam.image_encoder, model_path, network.image_size, threads)
+    session, path = onnx_graph(network, model_path, "encoder", threads)
     network.sam.image_encoder = runtime_onnx.OrtImageEncoder(session, path)
     return network
 
 
+class OnnxSegmenterModule(nn.Module):
+    """The torch-free predictor (``scripts.deploy.predictor``) behind the network interface: the ``onnx`` runtime.
+
+    Images ``B x 1 x H x W`` in [0, 1] and optional ``B x 4`` boxes in image pixels, as ``SamSegmenter`` takes
+    them; every step but the tensor conversion is the predictor's (numpy and onnxruntime).
+    """
+
+    def __init__(self, segmenter: OnnxSegmenter, arch: SamArch, prompt_mode: str, low_res_output: bool = False) -> None:
+        super().__init__()
+        self.segmenter, self.arch, self.prompt_mode, self.low_res_output = segmenter, arch, prompt_mode, low_res_output
+        self.refine_margin = segmenter.refine_margin
+
+    @property
+    def image_size(self) -> int:
+        return self.arch.image_size
+
+    def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        if images.shape[1] != 1:
+            raise ValueError(f"the onnx runtime takes single-channel images (as the bundle's loader gives), got {images.shape[1]}")
+        out = []
+        for i, image in enumerate(images[:, 0].detach().float().cpu().numpy()):
+            box = None if boxes is None else boxes[i].detach().cpu().numpy()
+            low, _ = self.segmenter.low_res_logits(image, box, self.prompt_mode)
+            out.append(low if self.low_res_output else imaging.resize(low, *image.shape))
+        return torch.from_numpy(np.stack(out))[:, None].to(images.device)
+
+
+def use_onnx_segmenter(network: SamSegmenter, model_path: str | os.PathLike, threads: int | None = None) -> OnnxSegmenterModule:
+    """The whole segmenter of ``model_path`` in onnxruntime + numpy (its two graphs built once, cached beside it)."""
+    source = runtime_onnx.file_sha256(model_path)
+    for part in ("encoder", "decoder"):
+        onnx_graph(network, model_path, part, threads, source)
+    segmenter = OnnxSegmenter(model_path, threads=threads or torch.get_num_threads())
+    return OnnxSegmenterModule(segmenter, network.arch, network.prompt_mode, network.low_res_output)
+
+
 def load_model(path: str | os.PathLike, arch: str | dict | None = None, image_size: int | None = None,
-               prompt_mode: str | None = None, device: str | torch.device = "cpu", runtime: str | None = "auto") -> nn.Module:
+               prompt_mode: str | None = None, device: str | torch.device = "cpu", runtime: str | None = "auto",
+               low_res_output: bool = False) -> nn.Module:
     """Build the inference network a model file describes (see the module docstring).
 
     ``arch`` / ``image_size`` override what a SAM state dict's shapes say. A training checkpoint with adapters
@@ -70,14 +129,21 @@ def load_model(path: str | os.PathLike, arch: str | dict | None = None, image_si
 
     ``runtime``: ``"auto"`` (default) runs the image encoder with onnxruntime on CPU when it is installed and
     the encoder is large enough for that to be faster (ViT-B/L/H; the small CPU SAM stays eager, as measured,
-    see ``ORT_MIN_ENCODER_WORK``), else eager; ``"ort"`` requires it; ``"eager"`` keeps everything in PyTorch
-    (needed for training, autograd or a GPU).
+    see ``ORT_MIN_ENCODER_WORK``), else eager; ``"ort"`` requires it; ``"onnx"`` runs the whole segmenter in
+    onnxruntime with numpy around it (the torch-free predictor); ``"eager"`` keeps everything in PyTorch
+    (needed for training, autograd or a GPU). ``low_res_output``: SAM returns its ``image_size/4`` logits (the
+    paper's metric setting) instead of logits at the input's size.
     """
     kind, content = read_model_file(path)
     if kind == UNET:
+        if low_res_output:
+            raise ValueError(f"{os.fspath(path)}: the UNet baseline has no low-resolution output (SAM's metric setting)")
         return _load_unet(content, path, device)
     chosen = resolve_runtime(runtime, device)
     network = _load_sam(path, kind, content, arch, image_size, prompt_mode, device)
+    network.low_res_output = bool(low_res_output)
+    if chosen == "onnx":
+        return use_onnx_segmenter(network, path)
     if chosen == "eager":
         return network
     if runtime in (None, "auto") and encoder_work(network.arch) < ORT_MIN_ENCODER_WORK:
@@ -129,11 +195,25 @@ def _load_sam(path: str | os.PathLike, kind: str, content: dict[str, Any], arch:
 
 
 def default_model_path(bundle_root: str | os.PathLike) -> str:
-    """The bundle's shipped model: the INT8 artefact when present (the faster route), else FP32."""
+    """The bundle's shipped model: the INT8 artefact when present (the faster route), else FP32; neither: what to do."""
     models = Path(bundle_root) / "models"
-    int8 = models / "model_int8.pt"
-    return str(int8 if int8.is_file() else models / "model.pt")
+    for name in ("model_int8.pt", "model.pt"):
+        if (models / name).is_file():
+            return str(models / name)
+    raise FileNotFoundError(missing_model_hint(models / "model_int8.pt", bundle_root))
 
 
-__all__ = ["ORT_MIN_ENCODER_WORK", "RUNTIMES", "default_model_path", "encoder_work", "load_model", "resolve_runtime",
-           "use_ort_encoder"]
+def default_foundation_path(bundle_root: str | os.PathLike) -> str:
+    """The shipped foundation: the small SAM (stage 0 on JSRT) that adaptation starts from, as a pretrained SAM would be."""
+    return str(Path(bundle_root) / "models" / "foundation.pt")
+
+
+def missing_model_hint(path: str | os.PathLike, bundle_root: str | os.PathLike) -> str:
+    """What to do when a shipped model file is absent (a zoo download without its large files, a trimmed clone)."""
+    return (f"{path}: model file not found. The bundle's models are listed in {Path(bundle_root) / 'large_files.yml'}: "
+            "fetch them with `python -m monai.bundle download` (or `git lfs pull`/a fresh clone), "
+            "train your own with `adaqat pipeline`, or pass --model")
+
+
+__all__ = ["ORT_MIN_ENCODER_WORK", "RUNTIMES", "OnnxSegmenterModule", "default_foundation_path", "default_model_path", "encoder_work", "load_model", "missing_model_hint",
+           "onnx_graph", "resolve_runtime", "use_onnx_segmenter", "use_ort_encoder"]

@@ -1,19 +1,34 @@
-"""Weight fake-quantization for quantization-aware training (QAT) of SAM's Linear layers.
+"""Fake-quantization for quantization-aware training (QAT) of SAM's Linear layers: weights and activations.
 
-Why: INT8 deployment rounds every selected Linear weight to 8 bits; training with that rounding in
-the forward pass (and a straight-through gradient in the backward pass) lets the network adapt to
-it. Only weights are fake-quantized here; which layers stay float ("selective mixed precision") is
-chosen with ``apply_fake_quant(..., keep_float=[...])``.
+Why: the INT8 model rounds every selected Linear's weight to 8 bits and, at run time, its input too; training
+with exactly that rounding in the forward pass (and a straight-through gradient in the backward pass) lets the
+network adapt to what it will run with. Which layers stay float ("selective mixed precision") is chosen with
+``apply_fake_quant(..., keep_float=[...])``.
 
-Quantization rule (shared with ``int8_export`` so the INT8 artefact reproduces training exactly):
-symmetric, zero point 0, integers in [-qmax, qmax] with qmax = 2**(bits-1) - 1 (127 for 8 bits),
-scale = max|w| / qmax per output channel (dim 0) or per tensor, floored at ``SCALE_EPS``.
+Weights (shared with ``int8_artefact`` so the artefact holds the weights training saw, bit for bit): symmetric,
+zero point 0, integers in [-qmax, qmax] with qmax = 2**(bits-1) - 1 (127 for 8 bits), scale = max|w| / qmax per
+output channel (dim 0) or per tensor, floored at ``SCALE_EPS``.
+
+Activations (``ACTIVATIONS``): what both INT8 runtimes do to a quantized layer's input, dynamic per-tensor
+asymmetric quantization to ``ACTIVATION_QMAX + 1`` = 128 levels: range [min(x, 0), max(x, 0)] of the input,
+scale = range / 127, zero point = round(-min / scale). Seven bits, not eight, because x86 int8 GEMMs without
+VNNI/AMX sum pairs of uint8 x int8 products in int16 (vpmaddubsw), which full-range activations overflow: on such
+a CPU (AVX2) a small SAM's logits moved by up to 2.6 with 8-bit activations, in torch and onnxruntime alike.
+With 7 bits no pair can overflow, so the numerics are the same on every CPU (torch's ``reduce_range``; the
+onnxruntime graph computes the same parameters, see ``runtime_onnx``). The runtimes see one image at a time, so
+the range is taken per image (``activation_groups``), not over a training batch.
+
+Why not torchao's QAT (``quantize_`` with a QAT config): its fake-quantizers use scale = max|w| / 127.5 for
+symmetric int8 weights and one activation range over the whole tensor (the batch), neither of which is what the
+shipped runtimes compute.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import fnmatch
-from typing import Callable, Iterable, Sequence, Union
+from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -24,6 +39,37 @@ import torch.nn.functional as F
 SCALE_EPS = float(torch.finfo(torch.float32).eps)
 
 Selector = Union[Callable[[str, nn.Module], bool], Sequence[str], None]
+ACTIVATIONS = ("dynamic_per_tensor", None)  # None: weights only (the paper's code)
+ACTIVATION_QMAX = 127  # uint8 codes 0..127: see the module docstring
+_ACTIVATION_GROUPS: contextvars.ContextVar[int] = contextvars.ContextVar("adaqat_activation_groups", default=1)
+
+
+@contextlib.contextmanager
+def activation_groups(groups: int) -> Iterator[None]:
+    """Inside the block, activation ranges are taken per group of the leading dimension (``groups`` images).
+
+    The segmenter wraps its image encoder in this with the batch size: SAM's windowed attention folds windows
+    into the batch dimension image by image, so ``x.reshape(groups, -1)`` keeps each image's values together.
+    """
+    token = _ACTIVATION_GROUPS.set(max(int(groups), 1))
+    try:
+        yield
+    finally:
+        _ACTIVATION_GROUPS.reset(token)
+
+
+def fake_quantize_activation(x: torch.Tensor, groups: int | None = None) -> torch.Tensor:
+    """Dynamic per-tensor asymmetric 7-bit quantize-dequantize of ``x``, one range per group (see module docstring)."""
+    groups = _ACTIVATION_GROUPS.get() if groups is None else groups
+    if x.numel() == 0 or x.shape[0] % groups:
+        groups = 1
+    flat = x.reshape(groups, -1)
+    with torch.no_grad():
+        lo = flat.amin(dim=1).clamp(max=0.0).float()
+        hi = flat.amax(dim=1).clamp(min=0.0).float()
+        scale = ((hi - lo) / ACTIVATION_QMAX).clamp_min(SCALE_EPS)
+        zero_point = torch.round(-lo / scale).clamp(0, ACTIVATION_QMAX).to(torch.int32)
+    return torch.fake_quantize_per_channel_affine(flat, scale, zero_point, 0, 0, ACTIVATION_QMAX).reshape(x.shape)
 
 
 def _qmax(bits: int) -> int:
@@ -97,23 +143,30 @@ class FakeQuantLinear(nn.Linear):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, per_channel: bool = True,
-                 bits: int = 8, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+                 bits: int = 8, activations: str | None = "dynamic_per_tensor", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         _qmax(bits)  # validate early
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
         self.per_channel = per_channel
         self.bits = bits
+        self.activations = activations
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, per_channel: bool = True, bits: int = 8) -> "FakeQuantLinear":
+    def from_linear(cls, linear: nn.Linear, per_channel: bool = True, bits: int = 8,
+                    activations: str | None = "dynamic_per_tensor") -> "FakeQuantLinear":
         """Wrap ``linear``'s own Parameter objects (shared, not copied), so optimizers keep working."""
         fq = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                 per_channel=per_channel, bits=bits, device="meta")
+                 per_channel=per_channel, bits=bits, activations=activations, device="meta")
         fq.weight = linear.weight
         fq.bias = linear.bias
         fq.train(linear.training)
         return fq
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activations is not None:
+            x = fake_quantize_activation(x)
         return F.linear(x, fake_quantize_weight(self.weight, self.per_channel, self.bits), self.bias)
 
     def to_linear(self) -> nn.Linear:
@@ -125,7 +178,7 @@ class FakeQuantLinear(nn.Linear):
         return lin
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, per_channel={self.per_channel}, bits={self.bits}"
+        return f"{super().extra_repr()}, per_channel={self.per_channel}, bits={self.bits}, activations={self.activations}"
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
@@ -156,12 +209,13 @@ def _replace_modules(model: nn.Module, new_for: dict[int, nn.Module]) -> None:
 
 
 def apply_fake_quant(model: nn.Module, quantize: Selector = None, keep_float: Sequence[str] = (),
-                     per_channel: bool = True, bits: int = 8) -> list[str]:
+                     per_channel: bool = True, bits: int = 8, activations: str | None = "dynamic_per_tensor") -> list[str]:
     """Replace the selected Linear layers of ``model`` by :class:`FakeQuantLinear`, in place.
 
     ``quantize``: None = every module whose class is exactly ``nn.Linear``; a list of fnmatch
     patterns over qualified names (``"image_encoder.blocks.*.mlp.*"``); or ``fn(name, module)``.
     ``keep_float``: fnmatch patterns that always stay float (wins over ``quantize``).
+    ``activations``: how the layers' inputs are fake-quantized (``ACTIVATIONS``; None: weights only).
 
     Only modules whose class is exactly ``nn.Linear`` are taken by default or by a wildcard.
     Subclasses (e.g. ``NonDynamicallyQuantizableLinear`` in ``nn.MultiheadAttention``, whose owner
@@ -181,7 +235,8 @@ def apply_fake_quant(model: nn.Module, quantize: Selector = None, keep_float: Se
             continue
         if _matches(name, keep_float) or not _selected(name, module, quantize):
             continue
-        new_for[id(module)] = FakeQuantLinear.from_linear(module, per_channel=per_channel, bits=bits)
+        new_for[id(module)] = FakeQuantLinear.from_linear(module, per_channel=per_channel, bits=bits,
+                                                          activations=activations)
         names.append(name)
     _replace_modules(model, new_for)
     return names

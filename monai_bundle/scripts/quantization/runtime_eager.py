@@ -10,16 +10,19 @@ slower than FP32; torchao's int8 configs in eager run the same unfused ops, or d
 matmul; torch.compile of torchao's dynamic config approached but did not beat oneDNN). It quantizes the activation dynamically inside the op: per tensor, asymmetric
 uint8, then int8 x uint8 GEMM with int32 accumulation and the float rescale + bias fused.
 
+Activations use 7 bits (``reduce_range=True``) on every CPU, as the onnxruntime graph does and stage 2
+simulates (``fake_quant.ACTIVATION_QMAX``, whose docstring says why): the same numerics everywhere, and no
+int16 overflow on CPUs without VNNI/AMX.
+
 Trade-off (documented, not hidden): per-tensor activation quantization is less accurate than
 per-token when a few channels carry outliers, and the activation range of one sample depends on
-the others in the batch. ``backend="int_mm"`` selects per-token symmetric activations with
+the others in the batch (inference runs one image at a time). ``backend="int_mm"`` selects per-token symmetric activations with
 ``torch._int_mm`` instead (slower on CPU; also the path used off-CPU).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import warnings
 from typing import Any, Iterator
 
@@ -38,18 +41,6 @@ def _preferred_qengine() -> str | None:
         if name in engines:
             return name
     return None
-
-
-@functools.lru_cache(maxsize=None)
-def _reduce_range() -> bool:
-    """Use 7-bit activations only where 8 bits could saturate.
-
-    Without VNNI/AMX, x86 int8 GEMMs sum uint8 x int8 pairs in int16 (vpmaddubsw), which can
-    saturate with full-range activations; with VNNI (vpdpbusd) or AMX they accumulate in int32.
-    """
-    vnni = getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return not (vnni or amx)
 
 
 @contextlib.contextmanager
@@ -168,7 +159,7 @@ class Int8Linear(nn.Module):
         in_dtype, lead = x.dtype, x.shape[:-1]
         x2 = x.float().reshape(-1, self.in_features)  # kernels take 2-D [tokens, K]
         if self._kernel_for(x2) == "qlinear_dynamic":
-            y = torch.ops.quantized.linear_dynamic(x2, self._packed_weight(), _reduce_range())
+            y = torch.ops.quantized.linear_dynamic(x2, self._packed_weight(), True)  # 7-bit range, see docstring
         else:
             y = _int_mm_per_token(x2.contiguous(), self.weight_int8.t(), self.weight_scale, self.bias)
         return y.reshape(*lead, self.out_features).to(in_dtype)
