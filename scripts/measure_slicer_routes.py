@@ -9,8 +9,9 @@ bundle's inference config: PyTorch and the engine's pins, what a user checkpoint
 environment stands in for Slicer's Python: Slicer already ships numpy, SimpleITK, pydicom and Pillow, so
 those are put in first and not counted. Download size: pip's own resolution (``pip install --dry-run
 --report``) of what the module installs, summed over the exact files pip chose, with sizes from the registry's
-JSON API (PyPI), so nothing multi-GB is fetched to measure it. Install time: a real ``pip install`` into that
-environment (torch from pip's cache where it is there: the unpacking is measured, the download is not).
+JSON API (PyPI) or the mirror's ``Content-Length``, so nothing is fetched twice to measure it. Install time and
+installed size: a real ``pip install`` into that environment from the registry this machine is configured with
+(the download is inside the time, at this machine's bandwidth to it).
 Click-to-mask: the module's logic (real MRML from slicer-core) on a JSRT image upsampled to 2048 x 2048,
 ``OMP_NUM_THREADS`` = the machine's cores (2 here); median of ``--repeats`` runs after one warm-up.
 """
@@ -53,14 +54,24 @@ def _venv(folder: Path) -> Path:
     return python
 
 
-def _registry_size(name: str, version: str, filename: str) -> int | None:
-    """Size of one distribution file from PyPI's JSON API (None when the registry does not list it)."""
+def _registry_size(name: str, version: str, filename: str, url: str) -> int | None:
+    """Size of one distribution file: PyPI's JSON API, else the ``Content-Length`` of the URL pip chose (a mirror)."""
     try:
-        with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/{version}/json", timeout=60) as reply:
-            files = json.load(reply)["urls"]
-    except OSError:
+        with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/{version}/json", timeout=30) as reply:
+            size = next((f["size"] for f in json.load(reply)["urls"] if f["filename"] == filename), None)
+        if size is not None:
+            return size
+    except (OSError, ValueError):
+        pass
+    if url.startswith("file://"):
+        path = Path(urllib.request.url2pathname(url.removeprefix("file:")))
+        return path.stat().st_size if path.is_file() else None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=30) as reply:
+            length = reply.headers.get("Content-Length")
+        return int(length) if length else None
+    except (OSError, ValueError):
         return None
-    return next((f["size"] for f in files if f["filename"] == filename), None)
 
 
 def download_size(python: Path, specs: list[str]) -> dict:
@@ -76,15 +87,17 @@ def download_size(python: Path, specs: list[str]) -> dict:
         filename = url.rsplit("/", 1)[-1]
         if meta["name"].lower() in {s.lower() for s in SLICER_SHIPS}:
             continue
-        size = _registry_size(meta["name"], meta["version"], filename)
-        if size is None and url.startswith("file://"):
-            size = Path(url.removeprefix("file://")).stat().st_size
+        size = _registry_size(meta["name"], meta["version"], filename, url)
         if size is None:
             unknown.append(filename)
             continue
         total += size
         packages.append({"name": meta["name"], "version": meta["version"], "file": filename, "bytes": size})
     return {"packages": sorted(packages, key=lambda p: -p["bytes"]), "download_bytes": total, "unsized": unknown}
+
+
+def _folder_bytes(folder: Path) -> int:
+    return int(subprocess.run(["du", "-sb", str(folder)], capture_output=True, text=True, check=True).stdout.split()[0])
 
 
 def install_time(python: Path, specs: list[str]) -> float:
@@ -132,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 python = _venv(folder)
                 entry.update(download_size(python, entry["pip"]))
+                before = _folder_bytes(folder)
                 entry["install_s"] = round(install_time(python, entry["pip"]), 1)
-                du = subprocess.run(["du", "-sb", str(folder)], capture_output=True, text=True, check=True)
-                entry["environment_bytes_after"] = int(du.stdout.split()[0])
+                entry["installed_bytes"] = _folder_bytes(folder) - before
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
         entry["click_to_mask"] = click_to_mask(route, args.repeats)
