@@ -43,7 +43,8 @@ JSRT_IMAGE = REPO.parent / "shared" / "data" / "jsrt_scr_224" / "images" / "JPCL
 
 def pip_specs(route: str) -> list[str]:
     """What the module installs on a route, as pip specs (torch via the PyTorch extension counted too)."""
-    specs = [r.pip for r in dependencies.requirements_for(route) if r.pip and r.module not in ("numpy", "SimpleITK", "pydicom", "PIL")]
+    slicer_ships = {r.module for r in dependencies.ONNX_REQUIREMENTS} - {"onnxruntime"}  # numpy, SimpleITK, pydicom, PIL
+    specs = [r.pip for r in dependencies.requirements_for(route) if r.pip and r.module not in slicer_ships]
     return ([*TORCH_PINS] if route == "torch" else []) + specs
 
 
@@ -108,7 +109,6 @@ def install_time(python: Path, specs: list[str]) -> float:
 
 def click_to_mask(route: str, repeats: int) -> dict:
     """Seconds from the module logic's start (Apply) to the segmentation node, 2048 x 2048 radiograph."""
-    import numpy as np
     import SimpleITK as sitk
     import slicer_fixtures as sf
     from AdaQATSegmentationLib.logic import AdaQATSegmentationLogic, SegmentationRequest
@@ -125,8 +125,7 @@ def click_to_mask(route: str, repeats: int) -> dict:
         node = logic.run(SegmentationRequest(volume, model="int8", device="cpu", route=route), timeout_s=900)
         times.append(time.perf_counter() - start)
         assert node.GetSegmentation().GetNumberOfSegments() >= 1
-    lung = np.asarray(sitk.GetArrayFromImage(big)).shape
-    return {"size": list(lung), "warmup_s": round(times[0], 2), "runs_s": [round(t, 2) for t in times[1:]],
+    return {"size": list(big.GetSize()[::-1]), "warmup_s": round(times[0], 2), "runs_s": [round(t, 2) for t in times[1:]],
             "median_s": round(statistics.median(times[1:]), 2)}
 
 
