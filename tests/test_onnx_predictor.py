@@ -79,7 +79,8 @@ def test_predictor_reproduces_the_torch_route_on_jsrt_and_cc_by(shipped_models, 
     boundary pixels flip. The two-pass prompt turns the first pass into a box, which can move by a low-resolution
     pixel or two on the images the model is least sure of (the CC BY sample, another hospital and another label
     convention), and the second pass amplifies that: there the bar is the mean and 0.95 per image, with the
-    per-image figures printed; everywhere else it is 0.995 per image.
+    per-image figures printed; everywhere else it is 0.995 per image. (Both routes derive that box with one
+    function, ``deploy.imaging.refined_box``; it once differed on a first pass split into equal-sized pieces.)
     """
     model = shipped_models["int8"]
     jsrt = [item["image"] for item in select_split(jsrt_dir, "test", by="image")]

@@ -129,3 +129,17 @@ def test_refine_boxes_keeps_the_two_largest_components():
     assert box.tolist() == [[4.0, 9.0, 59.0, 51.0]]
     empty = refine_boxes(torch.full((1, 1, 64, 64), -5.0), 1.0, torch.tensor([[0.0, 0.0, 64.0, 64.0]]))
     assert empty.tolist() == [[0.0, 0.0, 64.0, 64.0]]
+
+
+def test_refine_boxes_keeps_components_tied_with_the_second_and_is_mirror_symmetric():
+    """A first pass split into pieces of equal size keeps all of them: which one a sort returns first would
+    decide the box (the torch and onnxruntime routes once disagreed on exactly that), and a mirrored image gets
+    the mirrored box."""
+    logits = torch.full((1, 1, 64, 64), -5.0)
+    logits[0, 0, 2:30, 20:44] = 5.0  # largest
+    logits[0, 0, 40:50, 4:14] = 5.0  # two of 100 pixels each, apart
+    logits[0, 0, 40:50, 50:60] = 5.0
+    box = refine_boxes(logits, margin_px=0.0, fallback=torch.zeros(1, 4))
+    assert box.tolist() == [[4.0, 2.0, 60.0, 50.0]]
+    mirrored = refine_boxes(logits.flip(-1), margin_px=0.0, fallback=torch.zeros(1, 4))
+    assert mirrored.tolist() == [[64.0 - 60.0, 2.0, 64.0 - 4.0, 50.0]]

@@ -92,15 +92,30 @@ def _paint(shape: tuple[int, int], runs: np.ndarray) -> np.ndarray:
     return out
 
 
-def keep_largest(mask: np.ndarray, count: int = 2) -> np.ndarray:
-    """The ``count`` largest 8-connected components (MONAI's ``KeepLargestConnectedComponent``)."""
+def keep_largest(mask: np.ndarray, count: int = 2, keep_ties: bool = False) -> np.ndarray:
+    """The ``count`` largest 8-connected components (MONAI's ``KeepLargestConnectedComponent``).
+
+    ``keep_ties`` also keeps every component as large as the ``count``-th: MONAI's unstable argsort picks one of
+    equal-sized components arbitrarily, and a choice that depends on the sort cannot be reproduced elsewhere.
+    """
     roots, runs = label_components(mask)
     if len(runs) == 0:
         return np.zeros_like(mask, dtype=bool)
     ids = np.unique(roots)
     sizes = np.bincount(np.searchsorted(ids, roots), weights=runs[:, 2] - runs[:, 1])
-    kept = ids[np.argsort(-sizes, kind="stable")[:count]]
+    order = np.argsort(-sizes, kind="stable")
+    kept = ids[sizes >= sizes[order[min(count, len(ids)) - 1]]] if keep_ties else ids[order[:count]]
     return _paint(mask.shape, runs[np.isin(roots, kept)])
+
+
+def refined_box(low_res_logits: np.ndarray, margin: float) -> np.ndarray | None:
+    """The two-pass prompt's second box: around the first pass's two largest components, pushed out by ``margin``.
+
+    Both routes (the torch segmenter and the torch-free predictor) call this one function, so they derive the
+    same box from the same mask. Components tied with the second largest are all kept (``keep_largest``), as
+    the lungs split into equal pieces would otherwise be kept or dropped by chance. None for an empty first pass.
+    """
+    return bounding_box(keep_largest(low_res_logits > 0, 2, keep_ties=True), margin)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -125,4 +140,4 @@ def bounding_box(mask: np.ndarray, margin: float = 0.0) -> np.ndarray | None:
     return np.clip(box, 0, [w, h, w, h]).astype(np.float32)
 
 
-__all__ = ["bounding_box", "fill_holes", "keep_largest", "label_components", "resize"]
+__all__ = ["bounding_box", "fill_holes", "keep_largest", "label_components", "refined_box", "resize"]

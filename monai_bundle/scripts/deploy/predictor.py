@@ -89,7 +89,7 @@ class OnnxSegmenter:
         if mode == "two_pass":
             low_size = low.shape[-1]
             margin = self.refine_margin * low_size / max(height, width)
-            refined = imaging.bounding_box(imaging.keep_largest(low > 0, 2), margin)
+            refined = imaging.refined_box(low, margin)
             if refined is None:  # an empty first pass keeps its box
                 refined = box_sam * low_size / size
             low, iou = self._decode(embedding, refined * size / low_size)

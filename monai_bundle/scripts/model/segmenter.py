@@ -13,9 +13,9 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.transforms.utils import get_largest_connected_component_mask
 
-from ..data.boxes import box_from_mask, whole_image_box
+from ..data.boxes import whole_image_box
+from ..deploy.imaging import refined_box
 from ..quantization.fake_quant import activation_groups
 from .sam import SamArch, build_sam, resolve_arch
 
@@ -27,11 +27,12 @@ def refine_boxes(low_res_logits: torch.Tensor, margin_px: float, fallback: torch
 
     Works in the low-resolution mask grid; boxes come back in that grid's pixel units. Keeping the two
     largest components drops the false positives in borders and padding before they widen the box
-    (METHOD.md). An empty first pass keeps the ``fallback`` box.
+    (METHOD.md). An empty first pass keeps the ``fallback`` box. The box itself is the numpy predictor's
+    (``deploy.imaging.refined_box``): one function, so both routes turn one mask into one box.
     """
     boxes = fallback.clone()
-    for i, mask in enumerate((low_res_logits[:, 0] > 0).cpu()):
-        box = box_from_mask(get_largest_connected_component_mask(mask, num_components=2), margin=margin_px)
+    for i, logits in enumerate(low_res_logits[:, 0].detach().float().cpu().numpy()):
+        box = refined_box(logits, margin_px)
         if box is not None:
             boxes[i] = torch.as_tensor(box, dtype=boxes.dtype)
     return boxes
