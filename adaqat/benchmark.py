@@ -3,14 +3,17 @@
 Routes (each measured in its own child process by :func:`adaqat.perf.measure_in_child`, so peak
 memory is its own): eager FP32, eager INT8 (ours: oneDNN int8 Linears), eager fake-quant (the paper's
 way of running INT8: weights on int8 levels, computed in float), onnxruntime FP32 and INT8 (the image
-encoder in onnxruntime, see ``ort_runtime``; the default of ``load_model``), torch.compile FP32 and
-PT2E INT8 (``compiled_runtime``). Speed-ups are only computed like with like: INT8 over FP32 of the
-same runtime. Weights are random: speed, memory and size do not depend on their values.
+encoder in onnxruntime; the default of ``load_model`` for large encoders), the torch-free predictor FP32 and
+INT8 (the whole segmenter in onnxruntime, no torch in the process), torch.compile FP32 and PT2E INT8
+(``compiled_runtime``), and Hugging Face ``SamModel`` FP32 eager (``hf_sam``: what most users run). Speed-ups
+are computed like with like (INT8 over FP32 of the same runtime) and, separately, against the transformers
+route. Weights are random: speed, memory and size do not depend on their values.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -22,6 +25,8 @@ from scripts.atomic import atomic_write_text
 
 from adaqat.perf import measure_in_child
 
+BUNDLE_ROOT = Path(__file__).resolve().parents[1] / "monai_bundle"
+
 # name -> (model file, perf runtime, fake_quant)
 ROUTES: dict[str, tuple[str, str, bool]] = {
     "eager_fp32": ("fp32", "eager", False),
@@ -29,23 +34,43 @@ ROUTES: dict[str, tuple[str, str, bool]] = {
     "eager_fake_quant": ("fp32", "eager", True),
     "ort_fp32": ("fp32", "ort", False),
     "ort_int8": ("int8", "ort", False),
+    "onnx_fp32": ("fp32", "onnx", False),
+    "onnx_int8": ("int8", "onnx", False),
     "compiled_fp32": ("fp32", "compiled", False),
     "compiled_pt2e_int8": ("fp32", "compiled_pt2e_int8", False),
+    "transformers_fp32": ("fp32", "transformers", False),
 }
+# What most users run today: Hugging Face SamModel, FP32 eager (random weights, this architecture)
+REFERENCE_ROUTE = "transformers_fp32"
 # (label, FP32 route, INT8 route): the like-with-like speed-ups
 COMPARISONS = (
     ("eager INT8 (ours) vs eager FP32", "eager_fp32", "eager_int8"),
     ("eager INT8 (ours) vs eager fake-quant (paper)", "eager_fake_quant", "eager_int8"),
     ("onnxruntime INT8 vs onnxruntime FP32", "ort_fp32", "ort_int8"),
+    ("torch-free INT8 vs torch-free FP32 (whole segmenter in onnxruntime)", "onnx_fp32", "onnx_int8"),
     ("compiled PT2E INT8 vs compiled FP32", "compiled_fp32", "compiled_pt2e_int8"),
 )
 DEFAULT_IMAGE_SIZE = {"vit_b": 1024, "vit_l": 1024, "vit_h": 1024}
 
 
+SHIPPED = "shipped"  # the bundle's own trained models (monai_bundle/models), measured as they ship
+
+
 def build_models(arch: str, image_size: int | None, folder: Path, keep_float: Sequence[str]) -> dict[str, Path]:
-    """Write the FP32 model and the INT8 artefact of one randomly initialised network."""
+    """Write the FP32 model and the INT8 artefact of one randomly initialised network (``shipped``: copy the
+    bundle's trained pair, so the graphs the benchmark caches land in ``folder``, not in the bundle)."""
     import torch
     from scripts.model.segmenter import SamSegmenter
+
+    if arch == SHIPPED:
+        import shutil
+
+        from scripts.model_files.load import default_model_path
+
+        models = Path(default_model_path(BUNDLE_ROOT)).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        return {kind: Path(shutil.copyfile(models / name, folder / name))
+                for kind, name in (("fp32", "model.pt"), ("int8", "model_int8.pt"))}
 
     torch.manual_seed(0)
     return write_model_files(SamSegmenter(arch, image_size=image_size, prompt_mode="whole").eval(), folder, keep_float)
@@ -70,8 +95,17 @@ def speedups(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def versus_reference(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every measured route against ``REFERENCE_ROUTE``: its latency ratio and its peak-memory ratio."""
+    ref = results.get(REFERENCE_ROUTE, {})
+    if "latency_s" not in ref:
+        return []
+    return [{"route": name, "speedup": ref["latency_s"] / r["latency_s"], "memory_ratio": r["peak_rss_mib"] / ref["peak_rss_mib"]}
+            for name, r in results.items() if "latency_s" in r and name != REFERENCE_ROUTE]
+
+
 def benchmark_arch(arch: str, image_size: int | None, routes: Sequence[str], threads: int, repeats: int, warmup: int,
-                   keep_float: Sequence[str], log=print) -> dict[str, Any]:
+                   keep_float: Sequence[str], log=print, profile: bool = False) -> dict[str, Any]:
     """Measure ``routes`` for one architecture; a route that fails is recorded with its error, not fatal."""
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,13 +116,17 @@ def benchmark_arch(arch: str, image_size: int | None, routes: Sequence[str], thr
                           keep_float=keep_float)
             try:
                 prepared = None
-                if runtime == "ort":  # build the cached .onnx first, so load_s is the user's every-day load
+                if runtime in ("ort", "onnx"):  # build the cached .onnx first, so load_s is the user's every-day load
                     prepared = measure_in_child(str(files[which]), repeats=0, warmup=0, **kwargs)
                 result = measure_in_child(str(files[which]), repeats=repeats, warmup=warmup, **kwargs)
                 if prepared:
                     result["export_s"] = prepared["load_s"]
                 if runtime.startswith("compiled") and result["warmup_all_s"]:
                     result["compile_s"] = result["warmup_all_s"][0]
+                if profile and result.get("onnx_path"):  # the encoder graph's time by operator
+                    from adaqat.op_profile import profile_graph
+
+                    result["profile"] = profile_graph(result["onnx_path"], threads=threads, runs=max(2, warmup + 1))
             except Exception as exc:  # e.g. torchao not installed: report it, measure the rest
                 result = {"error": f"{type(exc).__name__}: {str(exc)[-1500:]}"}
             results[route] = {"route": route, "model": which, **result}
@@ -96,40 +134,67 @@ def benchmark_arch(arch: str, image_size: int | None, routes: Sequence[str], thr
     measured = {k: v for k, v in results.items() if "latency_s" in v}
     fastest = min(measured, key=lambda k: measured[k]["latency_s"]) if measured else None
     return {"arch": arch, "image_size": next((v["image_size"] for v in measured.values()), image_size),
-            "routes": results, "speedups": speedups(results), "fastest": fastest}
+            "routes": results, "speedups": speedups(results), "versus_reference": versus_reference(results),
+            "fastest": fastest}
 
 
 def markdown(result: dict[str, Any]) -> str:
     """The report: one table per architecture, then the like-with-like speed-ups."""
     lines = ["# CPU inference benchmark", "",
-             f"{result['threads']} threads, median of {result['repeats']} runs after {result['warmup']} warm-up; "
+             f"{result['threads']} threads, median (min-max) of {result['repeats']} runs after {result['warmup']} warm-up; "
              f"random weights; torch {result['machine']['torch']}, {result['machine']['cpu']}. "
-             "eager = PyTorch eager; ort = image encoder in onnxruntime (decoder in torch); "
-             "compiled = image encoder through torch.compile.",
+             "eager = PyTorch eager; ort = image encoder in onnxruntime (decoder in torch); onnx = the whole segmenter "
+             "in onnxruntime with numpy around it, in a process without torch (the torch-free predictor); "
+             "compiled = image encoder through torch.compile; transformers = Hugging Face SamModel, FP32 eager.",
+             (f"CPU: {result['machine']['cpu_model']} at {result['machine']['cpu_mhz']:.0f} MHz, {result['machine']['logical_cpus']} "
+              f"logical CPUs, SIMD: {', '.join(result['machine']['cpu_flags']) or 'none listed'}."
+              if result["machine"].get("cpu_model") else ""),
              "Kept in float (INT8 routes): " + (", ".join(f"`{p}`" for p in result["keep_float"]) or "nothing (every Linear INT8)") + ".",
              ""]
     for arch in result["archs"]:
         lines += [f"## {arch['arch']} at {arch['image_size']}x{arch['image_size']}", "",
-                  "| route | median latency (s) | images/s | peak RSS (MiB) | load (s) | export/compile (s) | file (MB) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| route | median latency (s) | min-max (s) | images/s | peak RSS (MiB) | load (s) | export/compile (s) | file (MB) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name, r in arch["routes"].items():
             if "latency_s" not in r:
-                lines.append(f"| {name} | failed: {r['error'].splitlines()[-1][:120] if r['error'] else ''} | | | | | |")
+                lines.append(f"| {name} | failed: {r['error'].splitlines()[-1][:120] if r['error'] else ''} | | | | | | |")
                 continue
             extra = r.get("export_s", r.get("compile_s"))
-            size = (r["file_bytes"] + r.get("onnx_bytes", 0)) / 1e6
-            lines.append(f"| {name} | {r['latency_s']:.3f} | {r['images_per_s']:.3f} | {r['peak_rss_mib']:.0f} | "
-                         f"{r['load_s']:.2f} | {'' if extra is None else f'{extra:.1f}'} | {size:.1f} |")
+            size = "-" if r["runtime"] == "transformers" else f"{(r['file_bytes'] + r.get('onnx_bytes', 0)) / 1e6:.1f}"
+            lines.append(f"| {name} | {r['latency_s']:.3f} | {r['latency_min_s']:.3f}-{r['latency_max_s']:.3f} | "
+                         f"{r['images_per_s']:.3f} | {r['peak_rss_mib']:.0f} | {r['load_s']:.2f} | "
+                         f"{'' if extra is None else f'{extra:.1f}'} | {size} |")
         lines += ["", "| like with like | speed-up |", "|---|---|"]
         lines += [f"| {s['comparison']} | {s['speedup']:.2f}x |" for s in arch["speedups"]]
+        if arch.get("versus_reference"):
+            lines += ["", f"| against {REFERENCE_ROUTE} (what most users run) | speed-up | peak memory |", "|---|---|---|"]
+            lines += [f"| {v['route']} | {v['speedup']:.2f}x | {v['memory_ratio']:.2f}x |" for v in arch["versus_reference"]]
         lines += ["", f"Fastest route: **{arch['fastest']}**.", ""]
-    lines += ["File (MB) of an ort route includes its cached .onnx beside the model file.", ""]
+        for name, r in arch["routes"].items():
+            if r.get("profile"):
+                from adaqat.op_profile import markdown as profile_markdown
+
+                lines += [profile_markdown(r["profile"], f"{name}: image encoder by operator"), ""]
+    lines += ["File (MB) of an ort/onnx route includes its cached .onnx graphs beside the model file.", ""]
     return "\n".join(lines)
+
+
+def cpu_facts() -> dict[str, Any]:
+    """Model name, clock and the SIMD extensions that decide INT8 speed (VNNI doubles int8 GEMM throughput)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    first = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)}
+    flags = set(first.get("flags", "").split())
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+    return {"cpu_model": first.get("model name", ""), "cpu_mhz": float(first.get("cpu MHz") or 0),
+            "cpu_flags": [f for f in wanted if f in flags], "logical_cpus": os.cpu_count()}
 
 
 def run(archs: Sequence[str], out: str | Path, *, image_size: int | None = None, routes: Sequence[str] | None = None,
         threads: int = 2, repeats: int = 5, warmup: int = 1, keep_float: Sequence[str] | None = None,
-        log=print) -> dict[str, Any]:
+        log=print, profile: bool = False) -> dict[str, Any]:
     """Benchmark ``archs`` and write ``out`` (JSON) and the same name with ``.md``, atomically."""
     import torch
     from scripts.model.factory import PAPER_KEEP_FLOAT
@@ -142,10 +207,11 @@ def run(archs: Sequence[str], out: str | Path, *, image_size: int | None = None,
     start = time.time()
     result = {
         "threads": threads, "repeats": repeats, "warmup": warmup, "keep_float": keep_float, "weights": "random",
-        "archs": [benchmark_arch(a, image_size or DEFAULT_IMAGE_SIZE.get(a), routes, threads, repeats, warmup, keep_float, log)
-                  for a in archs],
+        "archs": [benchmark_arch(a, image_size or DEFAULT_IMAGE_SIZE.get(a), routes, threads, repeats, warmup, keep_float, log,
+                                 profile) for a in archs],
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                    "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+                    "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    **cpu_facts()},
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "wall_s": None,
     }
     result["wall_s"] = time.time() - start
@@ -155,4 +221,5 @@ def run(archs: Sequence[str], out: str | Path, *, image_size: int | None = None,
     return result
 
 
-__all__ = ["COMPARISONS", "ROUTES", "build_models", "markdown", "run", "speedups", "write_model_files"]
+__all__ = ["COMPARISONS", "REFERENCE_ROUTE", "ROUTES", "build_models", "markdown", "run", "speedups", "versus_reference",
+           "write_model_files"]

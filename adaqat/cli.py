@@ -188,7 +188,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     out = Path(args.out).resolve()
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     result = bench.run(args.arch, out, image_size=args.image_size, routes=args.routes, threads=args.threads,
-                       repeats=args.repeats, warmup=args.warmup, keep_float=chosen_keep_float(args), log=log)
+                       repeats=args.repeats, warmup=args.warmup, keep_float=chosen_keep_float(args), log=log,
+                       profile=args.profile)
     print(bench.markdown(result))
     print(f"written: {out} and {out.with_suffix('.md')}")
 
@@ -338,10 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark", help="CPU latency, images/s, peak memory, load time, file size of every route "
                                          "(eager/onnxruntime/compiled, FP32/INT8/fake-quant), random weights")
-    p.add_argument("--arch", nargs="+", default=["vit_b", "small"], choices=["small", "vit_b", "vit_l", "vit_h"])
+    p.add_argument("--arch", nargs="+", default=["vit_b", "small"], choices=["small", "vit_b", "vit_l", "vit_h", "shipped"],
+                   help="random-weight SAMs of these sizes; 'shipped' = the bundle's own trained model.pt / model_int8.pt")
+    p.add_argument("--profile", action="store_true", help="also break the onnxruntime encoder's time down by operator")
     p.add_argument("--image-size", type=int, help="SAM input size (default: 1024 for ViT-B/L/H, the arch's own for small)")
     p.add_argument("--routes", nargs="+", metavar="ROUTE",
-                   help="subset of eager_fp32 eager_int8 eager_fake_quant ort_fp32 ort_int8 compiled_fp32 compiled_pt2e_int8")
+                   help="subset of eager_fp32 eager_int8 eager_fake_quant ort_fp32 ort_int8 onnx_fp32 onnx_int8 "
+                        "compiled_fp32 compiled_pt2e_int8 transformers_fp32 (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="timed runs after the warm-up (the median is reported)")
     p.add_argument("--warmup", type=int, default=1)

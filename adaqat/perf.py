@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-# eager / ort: load_model's runtimes; compiled*: the torch.compile routes of adaqat.compiled_runtime.
-RUNTIMES = ("eager", "ort", "compiled", "compiled_pt2e_int8")
+# eager / ort / onnx: load_model's runtimes (onnx = the torch-free predictor, timed in a process without torch);
+# compiled*: the torch.compile routes of adaqat.compiled_runtime; transformers: Hugging Face SamModel (adaqat.hf_sam).
+RUNTIMES = ("eager", "ort", "onnx", "compiled", "compiled_pt2e_int8", "transformers")
 # The package this module lives in (``scripts`` in the bundle, ``adaqat_bundle.scripts`` installed) and
 # the folder that must be on sys.path for the child to import it by the same name.
 _PACKAGE = __package__ or "scripts"
@@ -60,6 +61,8 @@ def measure(model_path: str, *, image_size: int | None = None, threads: int = 2,
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     if repeats < 0 or warmup < 0:
         raise ValueError(f"need repeats >= 0 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    if runtime == "onnx" and repeats > 0:
+        return _measure_predictor(model_path, image_size, threads, repeats, warmup, prompt_mode)
     import torch
 
     torch.set_num_threads(threads)
@@ -68,7 +71,12 @@ def measure(model_path: str, *, image_size: int | None = None, threads: int = 2,
 
     kept = list(PAPER_KEEP_FLOAT) if keep_float is None else list(keep_float)
     start = time.perf_counter()
-    network = load_model(model_path, prompt_mode=prompt_mode, runtime="ort" if runtime == "ort" else "eager")
+    if runtime == "transformers":  # the model file only names the architecture: SamModel has random weights
+        from adaqat.hf_sam import HfSamSegmenter
+
+        network = HfSamSegmenter(load_model(model_path, runtime="eager").arch)
+    else:  # onnx with repeats=0 builds the predictor's two graphs beside the model
+        network = load_model(model_path, prompt_mode=prompt_mode, runtime=runtime if runtime in ("ort", "onnx") else "eager")
     if fake_quant:
         from scripts.quantization.fake_quant import apply_fake_quant
 
@@ -88,7 +96,7 @@ def measure(model_path: str, *, image_size: int | None = None, threads: int = 2,
     sam = getattr(network, "sam", None)  # the study's UNet baseline has no SAM encoder (nor an .onnx beside it)
     onnx_path = getattr(getattr(sam, "image_encoder", None), "onnx_path", None)
     if onnx_path:
-        base["onnx_bytes"] = Path(onnx_path).stat().st_size
+        base["onnx_bytes"], base["onnx_path"] = Path(onnx_path).stat().st_size, str(onnx_path)
     if repeats == 0:
         return {**base, "peak_rss_mib": _peak_rss_mib()}
     size = int(image_size or network.image_size)
@@ -99,14 +107,44 @@ def measure(model_path: str, *, image_size: int | None = None, threads: int = 2,
             t = time.perf_counter()
             out = network(image)
             times.append(time.perf_counter() - t)
-    warm, times = times[:warmup], times[warmup:]
-    median = statistics.median(times)
-    return {
-        **base, "image_size": size, "latency_s": median, "latency_all_s": times, "warmup_all_s": warm,
-        "images_per_s": 1.0 / median, "peak_rss_mib": _peak_rss_mib(),
-        # A cheap fingerprint of the output, so a caller can see two routes computed the same thing.
-        "output_mean": float(out.float().mean()),
-    }
+    if hasattr(network, "attn_implementation"):
+        base["attn_implementation"] = network.attn_implementation
+    # A cheap fingerprint of the output, so a caller can see two routes computed the same thing.
+    return {**base, **_timing(times, warmup), "image_size": size, "peak_rss_mib": _peak_rss_mib(),
+            "output_mean": float(out.float().mean())}
+
+
+def _timing(times: list[float], warmup: int) -> dict[str, Any]:
+    warm, timed = times[:warmup], times[warmup:]
+    median = statistics.median(timed)
+    return {"latency_s": median, "latency_min_s": min(timed), "latency_max_s": max(timed), "latency_all_s": timed,
+            "warmup_all_s": warm, "images_per_s": 1.0 / median}
+
+
+def _measure_predictor(model_path: str, image_size: int | None, threads: int, repeats: int, warmup: int,
+                       prompt_mode: str) -> dict[str, Any]:
+    """The torch-free predictor (both graphs in onnxruntime, numpy around them): no torch in this process."""
+    import numpy as np
+
+    from scripts.deploy.predictor import OnnxSegmenter
+
+    start = time.perf_counter()
+    segmenter = OnnxSegmenter(model_path, threads=threads)
+    load_s = time.perf_counter() - start
+    size = int(image_size or segmenter.image_size)
+    image = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    times = []
+    for _ in range(warmup + repeats):
+        t = time.perf_counter()
+        out = segmenter.logits(image, prompt_mode=prompt_mode)
+        times.append(time.perf_counter() - t)
+    onnx_bytes = sum(Path(p).stat().st_size for p in (segmenter.encoder_path, segmenter.decoder_path))
+    return {"model_path": os.fspath(model_path), "runtime": "onnx", "fake_quant": False, "prompt_mode": prompt_mode,
+            "threads": threads, "repeats": repeats, "warmup": warmup, "load_s": load_s,
+            "file_bytes": Path(model_path).stat().st_size, "onnx_bytes": onnx_bytes, "onnx_path": str(segmenter.encoder_path),
+            **_timing(times, warmup),
+            "image_size": size, "peak_rss_mib": _peak_rss_mib(), "torch_imported": "torch" in sys.modules,
+            "output_mean": float(np.mean(out))}
 
 
 def measure_in_child(model_path: str, *, image_size: int | None = None, threads: int = 2, repeats: int = 5,

@@ -41,8 +41,13 @@ def candidates(model_path: str | os.PathLike, part: str, image_size: int, source
     return [model_path.with_name(name), cache_folder() / f"{source_sha256[:16]}-{name}"]
 
 
-def open_session(path: str | os.PathLike, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session with every graph optimisation, ``threads`` intra-op threads (default: all)."""
+def open_session(path: str | os.PathLike, threads: int | None = None, profile_prefix: str | None = None) -> Any:
+    """An onnxruntime CPU session with every graph optimisation, ``threads`` intra-op threads (default: all).
+
+    No memory arena and no memory pattern: with them, a ViT-B encoder at 1024 px kept every run's largest
+    buffers and grew from 3.5 to 6.7 GB resident over three runs (measured); without them it stays at the one
+    run's peak, at the same speed.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -50,6 +55,11 @@ def open_session(path: str | os.PathLike, threads: int | None = None) -> Any:
         options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    if profile_prefix:  # onnxruntime's per-kernel profiler (adaqat.op_profile)
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 

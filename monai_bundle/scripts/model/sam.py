@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from .attention import use_sdpa
+
 PATCH_SIZE = 16
 logger = logging.getLogger(__name__)
 
@@ -136,6 +138,7 @@ def build_sam(
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
     )
+    use_sdpa(sam.image_encoder)
     sam.arch = spec  # type: ignore[attr-defined]  # kept so exports can record what was built
     if checkpoint is not None:
         load_sam_checkpoint(sam, checkpoint)
