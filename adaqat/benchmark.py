@@ -107,6 +107,8 @@ def versus_reference(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
 def benchmark_arch(arch: str, image_size: int | None, routes: Sequence[str], threads: int, repeats: int, warmup: int,
                    keep_float: Sequence[str], log=print, profile: bool = False) -> dict[str, Any]:
     """Measure ``routes`` for one architecture; a route that fails is recorded with its error, not fatal."""
+    from scripts.model.sam import checkpoint_arch
+
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         files = build_models(arch, image_size, Path(tmp), keep_float)
@@ -131,11 +133,35 @@ def benchmark_arch(arch: str, image_size: int | None, routes: Sequence[str], thr
                 result = {"error": f"{type(exc).__name__}: {str(exc)[-1500:]}"}
             results[route] = {"route": route, "model": which, **result}
             log(f"{arch} {route}: " + (f"{result['latency_s']:.3f} s" if "latency_s" in result else result["error"][:200]))
+        spec = checkpoint_arch(files["fp32"])
     measured = {k: v for k, v in results.items() if "latency_s" in v}
     fastest = min(measured, key=lambda k: measured[k]["latency_s"]) if measured else None
-    return {"arch": arch, "image_size": next((v["image_size"] for v in measured.values()), image_size),
-            "routes": results, "speedups": speedups(results), "versus_reference": versus_reference(results),
-            "fastest": fastest}
+    size = next((v["image_size"] for v in measured.values()), image_size or spec.image_size)
+    return {"arch": arch, "image_size": size, "routes": results, "speedups": speedups(results),
+            "versus_reference": versus_reference(results), "fastest": fastest,
+            "hardware_floor": floor_of(spec, size, keep_float, threads, results)}
+
+
+def floor_of(spec: Any, image_size: int, keep_float: Sequence[str], threads: int,
+             results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The encoder's multiply-accumulates, the seconds they need at this CPU's peak, and the fraction reached."""
+    from adaqat.op_profile import encoder_macs, hardware_floor
+
+    facts = cpu_facts()
+    if not facts.get("cpu_mhz"):
+        return {}
+    int8_kinds = {"linear_proj", "linear_mlp"} | (set() if any("qkv" in p for p in keep_float) else {"linear_qkv"})
+    floor = hardware_floor(encoder_macs(spec, image_size), int8_kinds, facts["cpu_flags"], facts["cpu_mhz"],
+                           min(threads, facts["logical_cpus"] or threads))
+    int8 = {k: v["latency_s"] for k, v in results.items() if "latency_s" in v and k.endswith("int8")}
+    fp32 = {k: v["latency_s"] for k, v in results.items() if "latency_s" in v and k.endswith("fp32")}
+    if int8:
+        floor["fastest_int8"], best = min(int8.items(), key=lambda kv: kv[1])
+        floor["fraction_of_int8_floor"] = floor["floor_int8_s"] / best
+    if fp32:
+        floor["fastest_fp32"], best = min(fp32.items(), key=lambda kv: kv[1])
+        floor["fraction_of_fp32_floor"] = floor["floor_fp32_s"] / best
+    return floor
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -170,6 +196,16 @@ def markdown(result: dict[str, Any]) -> str:
             lines += ["", f"| against {REFERENCE_ROUTE} (what most users run) | speed-up | peak memory |", "|---|---|---|"]
             lines += [f"| {v['route']} | {v['speedup']:.2f}x | {v['memory_ratio']:.2f}x |" for v in arch["versus_reference"]]
         lines += ["", f"Fastest route: **{arch['fastest']}**.", ""]
+        floor = arch.get("hardware_floor") or {}
+        if floor:
+            lines += [f"Encoder work: {floor['gmac']:.1f} GMAC, {floor['gmac_int8']:.1f} of them in INT8 layers. At this CPU's "
+                      f"peak ({floor['fp32_macs_per_cycle']} FP32 / {floor['int8_macs_per_cycle']} int8 MAC per cycle per core) "
+                      f"they need {floor['floor_fp32_s']:.3f} s in FP32, {floor['floor_int8_s']:.3f} s with these layers in "
+                      f"INT8, {floor['floor_all_int8_s']:.3f} s all in INT8."
+                      + (f" {floor['fastest_int8']} reaches {100 * floor['fraction_of_int8_floor']:.0f} % of its floor"
+                         if "fastest_int8" in floor else "")
+                      + (f", {floor['fastest_fp32']} {100 * floor['fraction_of_fp32_floor']:.0f} % of the FP32 floor."
+                         if "fastest_fp32" in floor else "."), ""]
         for name, r in arch["routes"].items():
             if r.get("profile"):
                 from adaqat.op_profile import markdown as profile_markdown

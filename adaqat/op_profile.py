@@ -33,6 +33,49 @@ GROUPS = {
 LAYOUT = {"Transpose", "Reshape", "Split", "Slice", "Concat", "Pad", "Squeeze", "Unsqueeze", "Gather", "Expand", "Cast", "Shape"}
 
 
+def encoder_macs(arch: Any, image_size: int | None = None) -> dict[str, float]:
+    """Multiply-accumulates of SAM's image encoder at ``image_size`` (``SamArch`` sizes), by kind of work.
+
+    Windowed attention (qkv, scores, proj) runs on the grid padded to a multiple of the window, as segment-anything
+    pads it; the MLP after it on the grid itself.
+    """
+    size = image_size or arch.image_size
+    grid, dim, win = size // 16, arch.embed_dim, arch.window_size
+    padded = -(-grid // win) * win
+    tokens = {True: grid * grid, False: padded * padded}  # global block?
+    linear = {"qkv": 3 * dim * dim, "proj": dim * dim, "mlp": 2 * 4 * dim * dim}
+    macs = {f"linear_{k}": 0.0 for k in linear} | {"attention": 0.0}
+    for block in range(arch.depth):
+        is_global = block in arch.global_attn_indexes
+        n = tokens[is_global]
+        for k, per_token in linear.items():  # the MLP runs after the windows are undone: unpadded tokens
+            macs[f"linear_{k}"] += (grid * grid if k == "mlp" else n) * per_token
+        keys = grid * grid if is_global else win * win
+        macs["attention"] += 2 * n * keys * dim  # q.k^T and p.v over all heads
+    out = arch.prompt_embed_dim
+    macs["convolutions"] = grid * grid * (3 * 16 * 16 * dim + dim * out + 9 * out * out)
+    return macs
+
+
+# Multiply-accumulates per cycle per core: FP32 FMA (2 ports x 8 lanes with AVX2, x 16 with AVX-512); int8 without
+# VNNI goes through vpmaddubsw + vpmaddwd + vpaddd (about half the pair rate), with VNNI one vpdpbusd per 32/64 pairs.
+PEAK_MACS_PER_CYCLE = {"fp32": {"avx2": 16, "avx512f": 32}, "int8": {"avx2": 32, "avx_vnni": 64, "avx512_vnni": 128}}
+
+
+def hardware_floor(macs: dict[str, float], int8_kinds: set[str], cpu_flags: Sequence[str], mhz: float,
+                   cores: int) -> dict[str, float]:
+    """Seconds the encoder's multiply-accumulates need at the cores' peak: all FP32, and with ``int8_kinds`` in INT8."""
+    flags = set(cpu_flags)
+    fp32 = max((v for k, v in PEAK_MACS_PER_CYCLE["fp32"].items() if k in flags), default=8)
+    int8 = max((v for k, v in PEAK_MACS_PER_CYCLE["int8"].items() if k in flags), default=fp32)
+    hz = mhz * 1e6 * cores
+    total = sum(macs.values())
+    in_int8 = sum(v for k, v in macs.items() if k in int8_kinds)
+    return {"gmac": total / 1e9, "gmac_int8": in_int8 / 1e9, "fp32_macs_per_cycle": fp32, "int8_macs_per_cycle": int8,
+            "floor_fp32_s": total / (fp32 * hz), "floor_int8_s": in_int8 / (int8 * hz) + (total - in_int8) / (fp32 * hz),
+            "floor_all_int8_s": total / (int8 * hz)}
+
+
 def group_of(op: str) -> str:
     return GROUPS.get(op, "layout (transpose, reshape, split, slice, concat, pad)" if op in LAYOUT else "other")
 
@@ -98,4 +141,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["GROUPS", "group_of", "markdown", "profile_graph"]
+__all__ = ["GROUPS", "PEAK_MACS_PER_CYCLE", "encoder_macs", "group_of", "hardware_floor", "markdown", "profile_graph"]

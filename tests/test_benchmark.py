@@ -86,3 +86,30 @@ def test_the_reference_route_is_transformers_sammodel_with_our_architecture() ->
     with torch.inference_mode():
         logits = reference(torch.rand(1, 1, 300, 200))
     assert logits.shape == (1, 1, 300, 200) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("arch_name, size", [("small", 256), ("vit_b", 512)])
+def test_encoder_macs_agree_with_torchs_flop_counter(arch_name, size) -> None:
+    """The hardware-floor estimate rests on this count: torch's FlopCounterMode over segment-anything's own
+    attention (whose matmuls it sees; SDPA's CPU kernel it does not) finds the same work within the small
+    relative-position einsums we leave out."""
+    import torch
+    from segment_anything.modeling.image_encoder import Attention
+    from scripts.model.attention import SdpaAttention
+    from scripts.model.sam import build_sam
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from adaqat.op_profile import encoder_macs, hardware_floor
+
+    sam = build_sam(arch_name, image_size=size)
+    for module in sam.image_encoder.modules():
+        if type(module) is SdpaAttention:
+            module.__class__ = Attention
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        sam.image_encoder(torch.rand(1, 3, size, size))
+    counted = counter.get_total_flops() / 2
+    ours = sum(encoder_macs(sam.arch, size).values())
+    assert ours <= counted <= 1.03 * ours
+    floor = hardware_floor(encoder_macs(sam.arch, size), {"linear_mlp"}, ["avx2", "fma"], 2000.0, 2)
+    assert floor["floor_all_int8_s"] < floor["floor_int8_s"] < floor["floor_fp32_s"]
+    assert floor["floor_fp32_s"] == pytest.approx(ours / (16 * 2e9 * 2))
