@@ -105,8 +105,10 @@ def versus_reference(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def benchmark_arch(arch: str, image_size: int | None, routes: Sequence[str], threads: int, repeats: int, warmup: int,
-                   keep_float: Sequence[str], log=print, profile: bool = False) -> dict[str, Any]:
-    """Measure ``routes`` for one architecture; a route that fails is recorded with its error, not fatal."""
+                   keep_float: Sequence[str], log=print, profile: bool = False,
+                   facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measure ``routes`` for one architecture; a route that fails is recorded with its error, not fatal.
+    ``facts``: :func:`cpu_facts`, for the hardware floor."""
     from scripts.model.sam import checkpoint_arch
 
     results: dict[str, dict[str, Any]] = {}
@@ -139,15 +141,15 @@ def benchmark_arch(arch: str, image_size: int | None, routes: Sequence[str], thr
     size = next((v["image_size"] for v in measured.values()), image_size or spec.image_size)
     return {"arch": arch, "image_size": size, "routes": results, "speedups": speedups(results),
             "versus_reference": versus_reference(results), "fastest": fastest,
-            "hardware_floor": floor_of(spec, size, keep_float, threads, results)}
+            "hardware_floor": floor_of(spec, size, keep_float, threads, results, facts or cpu_facts())}
 
 
 def floor_of(spec: Any, image_size: int, keep_float: Sequence[str], threads: int,
-             results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The encoder's multiply-accumulates, the seconds they need at this CPU's peak, and the fraction reached."""
+             results: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[str, Any]:
+    """The encoder's multiply-accumulates, the seconds they need at this CPU's peak (``facts``: :func:`cpu_facts`),
+    and the fraction the fastest routes reach."""
     from adaqat.op_profile import encoder_macs, hardware_floor
 
-    facts = cpu_facts()
     if not facts.get("cpu_mhz"):
         return {}
     int8_kinds = {"linear_proj", "linear_mlp"} | (set() if any("qkv" in p for p in keep_float) else {"linear_qkv"})
@@ -241,13 +243,13 @@ def run(archs: Sequence[str], out: str | Path, *, image_size: int | None = None,
         raise ValueError(f"unknown routes {unknown}; choose from {list(ROUTES)}")
     keep_float = list(PAPER_KEEP_FLOAT) if keep_float is None else list(keep_float)
     start = time.time()
+    facts = cpu_facts()
     result = {
         "threads": threads, "repeats": repeats, "warmup": warmup, "keep_float": keep_float, "weights": "random",
         "archs": [benchmark_arch(a, image_size or DEFAULT_IMAGE_SIZE.get(a), routes, threads, repeats, warmup, keep_float, log,
-                                 profile) for a in archs],
+                                 profile, facts) for a in archs],
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                    "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                    **cpu_facts()},
+                    "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(), **facts},
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "wall_s": None,
     }
     result["wall_s"] = time.time() - start

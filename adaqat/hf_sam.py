@@ -41,14 +41,15 @@ class HfSamSegmenter(torch.nn.Module):
         self.model = SamModel(sam_config(arch)).eval()
         self.image_size = arch.image_size
         self.attn_implementation = getattr(self.model.config, "_attn_implementation", None)
+        from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = images.shape
-        pixels = images.expand(-1, 3, -1, -1) * 255.0
-        mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
-        std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
-        pixels = F.interpolate((pixels - mean) / std, size=(self.image_size, self.image_size), mode="bilinear",
-                               align_corners=False)
+        pixels = (images.expand(-1, 3, -1, -1) - self.mean) / self.std  # SamProcessor: rescale to [0, 1], normalise
+        pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         boxes = torch.tensor([[[0.0, 0.0, float(self.image_size), float(self.image_size)]]]).expand(batch, 1, 4)
         low = self.model(pixel_values=pixels, input_boxes=boxes, multimask_output=False).pred_masks[:, 0]
         return F.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)

@@ -133,10 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-o", "--out", required=True, help="JSON; the Markdown goes beside it")
     args = parser.parse_args(argv)
     profile = profile_graph(args.graph, args.threads, args.runs)
+    from scripts.atomic import atomic_write_text
+
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(profile, indent=2))
-    out.with_suffix(".md").write_text(markdown(profile, Path(args.graph).name))
+    atomic_write_text(out, json.dumps(profile, indent=2))
+    atomic_write_text(out.with_suffix(".md"), markdown(profile, Path(args.graph).name))
     print(markdown(profile, Path(args.graph).name))
     return 0
 

@@ -89,10 +89,7 @@ def measure(model_path: str, *, image_size: int | None = None, threads: int = 2,
         from adaqat.compiled_runtime import pt2e_int8_encoder
 
         pt2e_int8_encoder(network, keep_float=kept)
-    load_s = time.perf_counter() - start
-    base = {"model_path": os.fspath(model_path), "runtime": runtime, "fake_quant": bool(fake_quant),
-            "prompt_mode": prompt_mode, "threads": threads, "repeats": repeats, "warmup": warmup, "load_s": load_s,
-            "file_bytes": Path(model_path).stat().st_size}
+    base = _base(model_path, runtime, fake_quant, prompt_mode, threads, repeats, warmup, time.perf_counter() - start)
     sam = getattr(network, "sam", None)  # the study's UNet baseline has no SAM encoder (nor an .onnx beside it)
     onnx_path = getattr(getattr(sam, "image_encoder", None), "onnx_path", None)
     if onnx_path:
@@ -112,6 +109,13 @@ def measure(model_path: str, *, image_size: int | None = None, threads: int = 2,
     # A cheap fingerprint of the output, so a caller can see two routes computed the same thing.
     return {**base, **_timing(times, warmup), "image_size": size, "peak_rss_mib": _peak_rss_mib(),
             "output_mean": float(out.float().mean())}
+
+
+def _base(model_path: str, runtime: str, fake_quant: bool, prompt_mode: str, threads: int, repeats: int, warmup: int,
+          load_s: float) -> dict[str, Any]:
+    return {"model_path": os.fspath(model_path), "runtime": runtime, "fake_quant": bool(fake_quant),
+            "prompt_mode": prompt_mode, "threads": threads, "repeats": repeats, "warmup": warmup, "load_s": load_s,
+            "file_bytes": Path(model_path).stat().st_size}
 
 
 def _timing(times: list[float], warmup: int) -> dict[str, Any]:
@@ -139,12 +143,9 @@ def _measure_predictor(model_path: str, image_size: int | None, threads: int, re
         out = segmenter.logits(image, prompt_mode=prompt_mode)
         times.append(time.perf_counter() - t)
     onnx_bytes = sum(Path(p).stat().st_size for p in (segmenter.encoder_path, segmenter.decoder_path))
-    return {"model_path": os.fspath(model_path), "runtime": "onnx", "fake_quant": False, "prompt_mode": prompt_mode,
-            "threads": threads, "repeats": repeats, "warmup": warmup, "load_s": load_s,
-            "file_bytes": Path(model_path).stat().st_size, "onnx_bytes": onnx_bytes, "onnx_path": str(segmenter.encoder_path),
-            **_timing(times, warmup),
-            "image_size": size, "peak_rss_mib": _peak_rss_mib(), "torch_imported": "torch" in sys.modules,
-            "output_mean": float(np.mean(out))}
+    return {**_base(model_path, "onnx", False, prompt_mode, threads, repeats, warmup, load_s), "onnx_bytes": onnx_bytes,
+            "onnx_path": str(segmenter.encoder_path), **_timing(times, warmup), "image_size": size,
+            "peak_rss_mib": _peak_rss_mib(), "torch_imported": "torch" in sys.modules, "output_mean": float(np.mean(out))}
 
 
 def measure_in_child(model_path: str, *, image_size: int | None = None, threads: int = 2, repeats: int = 5,

@@ -45,7 +45,7 @@ def open_session(path: str | os.PathLike, threads: int | None = None, profile_pr
     """An onnxruntime CPU session with every graph optimisation, ``threads`` intra-op threads (default: all).
 
     No memory arena and no memory pattern: with them, a ViT-B encoder at 1024 px kept every run's largest
-    buffers and grew from 3.5 to 6.7 GB resident over three runs (measured); without them it stays at the one
+    buffers and grew from 3.5 to 6.7 GB resident over three runs (measured ad hoc, issue 14); without them it stays at the one
     run's peak, at the same speed.
     """
     import onnxruntime as ort

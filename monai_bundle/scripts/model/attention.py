@@ -25,6 +25,8 @@ def relative_position_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: 
                            first_row: int = 0) -> torch.Tensor:
     """segment-anything's ``add_decomposed_rel_pos`` terms as an additive ``B x n x HW`` mask.
 
+    Not that function itself: it adds the terms into a scores tensor, which SDPA never lets us form.
+
     ``q`` (unscaled, ``B x n x dim``) holds the queries of image rows ``first_row ..`` (n a whole number of rows).
     """
     h, w = size
