@@ -114,14 +114,31 @@ def test_forced_eager_builds_nothing(models: dict[str, Path], tmp_path: Path) ->
     assert not list(tmp_path.glob("*.onnx"))
 
 
-def test_auto_runs_small_encoders_eager_and_large_ones_in_onnxruntime(models: dict[str, Path], monkeypatch) -> None:
+def test_auto_runs_small_encoders_eager_and_large_ones_wholly_in_onnxruntime(models: dict[str, Path], monkeypatch) -> None:
+    """The fastest routes measured (docs/results/benchmark.md): eager for the small SAM, the whole segmenter in
+    onnxruntime for ViT-B; ``ort`` by name still swaps only the encoder."""
     from scripts.model.sam import ARCHS
 
     small, vit_b = loader.encoder_work(load_model(models["fp32"], runtime="eager").arch), loader.encoder_work(ARCHS["vit_b"])
     assert small < loader.ORT_MIN_ENCODER_WORK <= vit_b
     assert not isinstance(load_model(models["int8"]).sam.image_encoder, OrtImageEncoder)
     monkeypatch.setattr(loader, "ORT_MIN_ENCODER_WORK", small)  # as if the small SAM were big enough
-    assert isinstance(load_model(models["int8"]).sam.image_encoder, OrtImageEncoder)
+    assert isinstance(load_model(models["int8"]), loader.OnnxSegmenterModule)
+    assert isinstance(load_model(models["int8"], runtime="ort").sam.image_encoder, OrtImageEncoder)
+
+
+def test_auto_falls_back_to_eager_with_one_log_line_when_the_onnx_segmenter_fails(models: dict[str, Path], monkeypatch,
+                                                                                   caplog) -> None:
+    monkeypatch.setattr(loader, "ORT_MIN_ENCODER_WORK", 0)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(loader, "use_onnx_segmenter", broken)
+    with caplog.at_level(logging.WARNING):
+        network = load_model(models["int8"])
+    assert isinstance(network, SamSegmenter)
+    assert [r.getMessage() for r in caplog.records if "disk full" in r.getMessage()] != []
 
 
 def test_missing_onnxruntime_falls_back_to_eager_with_one_log_line(models: dict[str, Path], monkeypatch, caplog) -> None:

@@ -28,10 +28,11 @@ from .header import SAM_FP32, SAM_INT8, UNET, read_model_file
 logger = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "ort", "onnx", "eager")
-# "auto" sends an encoder to onnxruntime only above this much work (tokens x width x depth). Measured with
-# `adaqat benchmark` (docs/results.md, 2 threads): the small CPU SAM at 256 px (0.26 M) runs faster in eager
-# PyTorch (22 ms vs 32 ms), ViT-B at 1024 px (37.7 M) 2.2x faster in onnxruntime (4.3 s vs 9.3 s, INT8).
-# The crossover lies between the two; the threshold is set in between, not measured more finely.
+# "auto" sends a model to onnxruntime only above this much encoder work (tokens x width x depth). Measured with
+# `adaqat benchmark` (docs/results/benchmark.md, 2 threads): the shipped small SAM at 256 px (0.26 M) runs fastest
+# in eager PyTorch (24 ms FP32, 32 ms INT8, against 52-83 ms in onnxruntime); ViT-B at 1024 px (37.7 M) fastest as
+# the whole segmenter in onnxruntime (INT8 7.9 s, 1.6 GB, against 9.2 s, 2.6 GB with only the encoder there and
+# 14.1 s eager). The crossover lies between the two; the threshold is set in between, not measured more finely.
 ORT_MIN_ENCODER_WORK = 4_000_000
 
 
@@ -42,7 +43,8 @@ def encoder_work(arch: SamArch) -> int:
 
 
 def resolve_runtime(runtime: str | None, device: str | torch.device = "cpu") -> str:
-    """``auto`` -> ``ort`` on CPU when onnxruntime is installed, else ``eager`` (one log line saying why)."""
+    """``auto`` -> ``ort`` (an onnxruntime route; ``load_model`` picks which by encoder size) on CPU when
+    onnxruntime is installed, else ``eager`` (one log line saying why)."""
     runtime = runtime or "auto"
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -127,9 +129,10 @@ def load_model(path: str | os.PathLike, arch: str | dict | None = None, image_si
     ``arch`` / ``image_size`` override what a SAM state dict's shapes say. A training checkpoint with adapters
     is refused with a hint, since adapters are merged by export. The UNet ignores ``prompt_mode`` and ``runtime``.
 
-    ``runtime``: ``"auto"`` (default) runs the image encoder with onnxruntime on CPU when it is installed and
-    the encoder is large enough for that to be faster (ViT-B/L/H; the small CPU SAM stays eager, as measured,
-    see ``ORT_MIN_ENCODER_WORK``), else eager; ``"ort"`` requires it; ``"onnx"`` runs the whole segmenter in
+    ``runtime``: ``"auto"`` (default) picks the fastest route measured by ``adaqat benchmark``: on CPU with
+    onnxruntime installed and an encoder large enough (ViT-B/L/H), the whole segmenter in onnxruntime (as
+    ``"onnx"``); the small CPU SAM, a GPU, or no onnxruntime: eager (see ``ORT_MIN_ENCODER_WORK``); ``"ort"``
+    runs only the image encoder in onnxruntime; ``"onnx"`` runs the whole segmenter in
     onnxruntime with numpy around it (the torch-free predictor); ``"eager"`` keeps everything in PyTorch
     (needed for training, autograd or a GPU). ``low_res_output``: SAM returns its ``image_size/4`` logits (the
     paper's metric setting) instead of logits at the input's size.
@@ -146,16 +149,16 @@ def load_model(path: str | os.PathLike, arch: str | dict | None = None, image_si
         return use_onnx_segmenter(network, path)
     if chosen == "eager":
         return network
-    if runtime in (None, "auto") and encoder_work(network.arch) < ORT_MIN_ENCODER_WORK:
+    if runtime == "ort":
+        return use_ort_encoder(network, path)
+    if encoder_work(network.arch) < ORT_MIN_ENCODER_WORK:
         return network  # small encoders run faster in eager PyTorch (measured; see ORT_MIN_ENCODER_WORK)
     try:
-        return use_ort_encoder(network, path)
+        return use_onnx_segmenter(network, path)  # the fastest measured route for large encoders
     except Exception as exc:
-        if runtime == "ort":
-            raise
         # "auto" must still give a working model: one line saying why it is the slower one.
-        logger.warning("%s: onnxruntime encoder unavailable (%s: %s); running eager PyTorch", path, type(exc).__name__, exc)
-        return network  # use_ort_encoder swaps the encoder only once its session exists
+        logger.warning("%s: onnxruntime segmenter unavailable (%s: %s); running eager PyTorch", path, type(exc).__name__, exc)
+        return network
 
 
 def _load_unet(content: dict[str, Any], path: str | os.PathLike, device: str | torch.device) -> ResizingUNet:
