@@ -20,10 +20,14 @@ INSTALL_REQUIRES = [
     "pytorch-ignite==0.5.5",
     "SimpleITK==2.5.7",
     "pydicom==3.0.2",
+    # DICOM SEG output (monai_bundle/scripts/data/dicom_seg.py); 0.23+ needs pydicom 3 (the MONAI Label env pins 0.22.0)
+    "highdicom==0.28.2",
     "nibabel==5.4.2",
     "pynrrd==1.1.3",
     "pillow==13.0.0",
     "scipy==1.17.1",
+    # fits the quality score's calibration (adaqat/quality.py; inference applies it with numpy alone)
+    "scikit-learn==1.9.1",
     "scikit-image==0.26.0",
     "numpy==2.4.6",
     "tensorboard==2.21.0",

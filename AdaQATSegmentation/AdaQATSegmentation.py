@@ -12,11 +12,14 @@ import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 
-from AdaQATSegmentationLib import bundle_paths, bundle_process, dependencies, downloads, sample_data
+from AdaQATSegmentationLib import bundle_paths, bundle_process, dependencies, downloads, quality, sample_data
 from AdaQATSegmentationLib.logic import AdaQATSegmentationLogic, SegmentationRequest
 from AdaQATSegmentationLib.volume_io import VolumeInputError
 
 SETTINGS_BUNDLE = "AdaQATSegmentation/BundleFolder"
+SETTINGS_THRESHOLD = "AdaQATSegmentation/QualityThreshold"
+DONT_WARN_REVIEW = "AdaQATSegmentation/DontWarnReview"  # the review dialog's "don't show again"
+REVIEW_STYLE = "color: #c92a2a; font-weight: bold;"  # red, bold: the mask needs checking
 MODEL_KEYS = ("int8", "fp32", "file")
 MODEL_LABELS = ("Bundled INT8 model (fast on CPU)", "Bundled FP32 model",
                 "Model file (fine-tuned bundle checkpoint or official SAM .pth)")
@@ -35,7 +38,12 @@ class AdaQATSegmentation(ScriptedLoadableModule):
             "Segments the lung fields of a chest X-ray (PNG, JPEG or DICOM CR/DX loaded as a single-slice volume) "
             "with the AdaQAT compact Segment Anything model (AdaLoRA + INT8), running the AdaQAT MONAI bundle in a "
             "separate process. The bundled model runs without PyTorch (its ONNX form in onnxruntime, installed on the "
-            "first Apply after asking); a model file of your own runs through PyTorch. The bundled weights were trained "
+            "first Apply after asking); a model file of your own runs through PyTorch. After each run the module shows "
+            "the mask's quality score: a predicted Dice from the model's quality calibration (no reference mask needed). "
+            "Under the threshold (0.90 by default; Advanced > Review below predicted Dice) the mask is marked "
+            "'Review' in red: check it before using it. The score is kept on the segmentation node as the attributes "
+            "AdaQAT.PredictedDice, AdaQAT.Review and AdaQAT.QualityThreshold (and as tags of its lung segments); a "
+            "model without a calibration gets 'No quality score' with the reason. The bundled weights were trained "
             "on JSRT/SCR radiographs: research use only, not for diagnosis or any clinical use.")
         self.parent.acknowledgementText = (
             "Sample image: " + sample_data.ATTRIBUTION + ". Method: AdaLoRA-QAT (Deb et al., ISBI 2026).")
@@ -74,6 +82,7 @@ class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
         for label in MODEL_LABELS:
             self.ui.modelComboBox.addItem(label)
         self.ui.bundlePathLineEdit.currentPath = qt.QSettings().value(SETTINGS_BUNDLE, "") or ""
+        self.ui.qualityThresholdSpinBox.value = float(qt.QSettings().value(SETTINGS_THRESHOLD, 0.0) or 0.0)
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.timeout.connect(self._poll)
@@ -110,12 +119,14 @@ class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
             model=MODEL_KEYS[self.ui.modelComboBox.currentIndex],
             model_file=self.ui.modelFilePathLineEdit.currentPath or None,
             roi_node=self.ui.roiSelector.currentNode(), refine_box=self.ui.refineBoxCheckBox.checked,
-            prompt=prompt, device=device)
+            prompt=prompt, device=device, quality_threshold=self.ui.qualityThresholdSpinBox.value or None)
 
     def onApply(self, *_args, request: SegmentationRequest | None = None) -> None:
         """Install what is missing (after asking), then start the run; errors go to a dialog."""
         self.ui.logTextEdit.clear()
+        self._show_quality(None)
         qt.QSettings().setValue(SETTINGS_BUNDLE, self.ui.bundlePathLineEdit.currentPath)
+        qt.QSettings().setValue(SETTINGS_THRESHOLD, self.ui.qualityThresholdSpinBox.value)
         self.logic.bundle_folder = self.ui.bundlePathLineEdit.currentPath or None
         try:
             request = request or self._request()
@@ -168,7 +179,27 @@ class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
             self.ui.progressBar.value = 100
             self._log(f"done: segmentation '{node.GetName()}'")
             slicer.util.setSliceViewerLayers(background=handle.request.volume_node, fit=True)
+            self._show_quality(handle.quality, node)
         self._update()
+
+    def _show_quality(self, result: quality.QualityResult | None, node=None) -> None:
+        """The mask's quality in the status label (red for review, with a warning that can be turned off);
+        None clears it (a new run)."""
+        label = self.ui.qualityLabel
+        if result is None:
+            label.text, label.styleSheet = "", ""
+            return
+        text = result.text()
+        label.text = text
+        label.styleSheet = REVIEW_STYLE if result.review else ""
+        self._log(text)
+        if result.review:
+            name = f" '{node.GetName()}'" if node is not None else ""
+            slicer.util.showStatusMessage(text, 10000)
+            slicer.util.warningDisplay(
+                f"The segmentation{name} may be poor: its predicted Dice is {result.predicted_dice:.2f}, under "
+                f"{result.threshold:.2f}. Check the mask (and correct it in Segment Editor) before using it.",
+                windowTitle="AdaQAT: check this mask", dontShowAgainSettingsKey=DONT_WARN_REVIEW)
 
     def onDownload(self, *_args) -> None:
         """Fetch the listed models (large_files.yml) this bundle copy lacks (asks first, shows size and progress)."""
@@ -258,4 +289,6 @@ class AdaQATSegmentationTest(ScriptedLoadableModuleTest):
         self.assertEqual(segmentation.GetNthSegment(0).GetName(), "lung")
         lung = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentation.GetNthSegmentID(0), volume)
         self.assertGreater(lung.mean(), 0.1)  # the lungs cover a good part of a chest X-ray
+        # the mask's quality: a predicted Dice, or the reason there is none (a model without calibration)
+        self.assertTrue(node.GetAttribute(quality.PREDICTED_DICE) or node.GetAttribute(quality.UNAVAILABLE))
         self.delayDisplay("lungs segmented")

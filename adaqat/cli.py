@@ -162,7 +162,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     overrides.update({"model_path": str(Path(args.model).resolve()), "output_dir": str(out), "eval_split": args.split,
                       "metrics_prefix": args.prefix, "metric_resolution": "low_res" if args.low_res else "original"})
     _module("bundle_runner").run_bundle(["train", "evaluate"], overrides, workflow_type="infer")
+    plot = _module("quality").plot_evaluation(out / f"{args.prefix}_quality.csv")
     print((out / f"{args.prefix}_summary.json").read_text())
+    if plot:
+        print(f"predicted vs real Dice per image: {out / f'{args.prefix}_quality.csv'} (plot {plot})")
 
 
 def cmd_infer(args: argparse.Namespace) -> None:
@@ -178,6 +181,7 @@ def cmd_infer(args: argparse.Namespace) -> None:
         overrides["device"] = f"$torch.device('{args.device}')"
     if args.runtime:
         overrides["runtime"] = args.runtime
+    overrides["output_format"] = None if args.output_format == "auto" else args.output_format
     overrides.update(_parse_sets(args.set or []))
     _module("bundle_runner").run_bundle(["inference"], overrides, workflow_type="infer")
     print(f"masks written to {Path(args.output).resolve()}")
@@ -216,6 +220,14 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
     network = load.load_model(model, runtime="eager")
     paths = [load.onnx_graph(network, model, part)[1] for part in ("encoder", "decoder")]
     print("\n".join(f"ONNX {part}: {path}" for part, path in zip(("encoder", "decoder"), paths)))
+
+
+def cmd_calibrate_quality(args: argparse.Namespace) -> None:
+    datasets = _module("scripts.data.datasets")
+    items = datasets.select_split(args.data, args.split, by=args.split_by or "auto", seed=args.seed or 42)
+    summary = _module("quality").calibrate_file(Path(args.model).resolve(), items, threshold=args.threshold,
+                                                prompt_mode=args.prompt, output=args.output)
+    print(json.dumps({k: summary[k] for k in ("written", "candidate", "calibration_samples", "cross_validated")}, indent=2))
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
@@ -334,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=["auto", "ort", "onnx", "eager"],
                    help="auto (default): the fastest measured route on CPU; ort: image encoder in onnxruntime; onnx: the "
                         "whole segmenter in onnxruntime with numpy around it (the torch-free predictor's code); eager: PyTorch only")
+    p.add_argument("--output-format", choices=["auto", "dicom_seg", "dicom", "nifti", "nrrd", "png"], default="auto",
+                   help="auto (default): each input's own format; for a DICOM input a DICOM Segmentation <stem>_seg.dcm "
+                        "referencing the source (dicom_seg); dicom: a DICOM image mask <stem>_mask.dcm instead")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_infer)
 
@@ -365,6 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
                                             "what the torch-free predictor and 3D Slicer's default route run")
     p.add_argument("model", help="model file (FP32 model.pt or INT8 model_int8.pt)")
     p.set_defaults(func=cmd_export_onnx)
+
+    p = sub.add_parser("calibrate-quality", help="fit a model's quality score (predicted Dice, review flag) on a "
+                                                  "dataset's validation split; written beside the model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="the dataset the model was trained on (its validation split is used)")
+    p.add_argument("--split", default="val", choices=["train", "val", "test", "all"])
+    p.add_argument("--split-by", choices=["auto", "patient", "image"])
+    p.add_argument("--seed", type=int, help="split seed (default 42, the training configs')")
+    p.add_argument("--prompt", choices=["two_pass", "whole"], default="two_pass")
+    p.add_argument("--threshold", type=float, default=0.9, help="predicted Dice under which a mask is marked review")
+    p.add_argument("-o", "--output", help="default: <model stem>.quality.json beside the model")
+    p.set_defaults(func=cmd_calibrate_quality)
 
     p = sub.add_parser("stats", help="parameter counts, trainable parameters per method, measured FP32/INT8 file sizes")
     p.add_argument("--arch", default="vit_b", choices=["small", "vit_b", "vit_l", "vit_h"])

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from scripts.atomic import atomic_write_text, atomic_write_with
+from scripts.deploy.quality import calibration_path
 from scripts.model.sam import count_parameters
 
-from adaqat.bundle_runner import BUNDLE_ROOT, run_bundle
+from adaqat.bundle_runner import BUNDLE_ROOT, config_file, run_bundle
 
 PROMPT_MODES = ("two_pass", "whole", "box")
 
@@ -119,6 +120,22 @@ def evaluate_models(settings: PipelineSettings, models: dict[str, str], eval_dir
     return summaries
 
 
+def calibrate_models(settings: PipelineSettings, models: dict[str, str]) -> dict[str, Any]:
+    """Each model's quality score fitted on this run's validation split, written beside it (``adaqat.quality``)."""
+    from adaqat.quality import calibrate_file
+    from scripts.data.datasets import select_split
+
+    fractions = settings.extra.get("split#fractions") or json.loads(Path(config_file("train")).read_text())["split"]["fractions"]
+    items = select_split(settings.data, "val", fractions=fractions, seed=settings.seed, by=settings.split_by,
+                         limit=settings.limit)
+    found = {}
+    for name, path in models.items():
+        summary = calibrate_file(path, items)
+        found[name] = {"candidate": summary["candidate"], "samples": summary["calibration_samples"],
+                       "cross_validated": summary["cross_validated"][summary["candidate"]]}
+    return found
+
+
 def run_pipeline(settings: PipelineSettings) -> Path:
     """Run everything and write ``<out>/report.md``; return its path."""
     from adaqat.report import write_report
@@ -132,6 +149,7 @@ def run_pipeline(settings: PipelineSettings) -> Path:
     # the SAM the run started from, scored the same way, so the adaptation's gain shows (a stage 0 trained on
     # these very images has nothing to gain from, so it is scored only when it came from elsewhere)
     before = {"foundation": info["foundation"]} if settings.checkpoint else {}
+    info["quality"] = calibrate_models(settings, models)
     evaluate_models(settings, {**before, **models}, eval_dir)
     info["total_seconds"] = time.time() - start
     info["settings"] = {k: v for k, v in vars(settings).items()}
@@ -140,8 +158,11 @@ def run_pipeline(settings: PipelineSettings) -> Path:
     if settings.install_models:
         for name, path in (("model.pt", models["fp32"]), ("model_int8.pt", models["int8"])):
             atomic_write_with(BUNDLE_ROOT / "models" / name, lambda tmp, src=path: shutil.copyfile(src, tmp))
+            calibration = calibration_path(path)
+            atomic_write_with(calibration_path(BUNDLE_ROOT / "models" / name),
+                              lambda tmp, src=calibration: shutil.copyfile(src, tmp))
     return report
 
 
-__all__ = ["PROMPT_MODES", "PipelineSettings", "common_overrides", "evaluate_models", "parameter_counts", "run_pipeline",
+__all__ = ["PROMPT_MODES", "PipelineSettings", "calibrate_models", "common_overrides", "evaluate_models", "parameter_counts", "run_pipeline",
            "run_stage", "run_stages"]

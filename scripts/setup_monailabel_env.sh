@@ -25,6 +25,7 @@ fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -r monailabel_app/requirements.txt
 "$venv/bin/python" -m pip check
-"$venv/bin/python" -c "import numpy, monailabel, monai, torchvision, segment_anything, peft; assert numpy.__version__ < '2'"
+# highdicom (DICOM SEG results) comes pinned in the requirements: 0.22.0, the last release that takes pydicom < 3
+"$venv/bin/python" -c "import numpy, monailabel, monai, torchvision, segment_anything, peft, highdicom; assert numpy.__version__ < '2'"
 echo "$want" > "$stamp"
 echo "MONAI Label environment ready in $(( $(date +%s) - start )) s" >&2

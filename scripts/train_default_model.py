@@ -65,11 +65,21 @@ def train(out: Path, seed: int, epochs: dict[str, int], limit: int | None = None
         **common, "stage1_checkpoint": str(out / "stage1" / "model.pt"), "run_dir": str(out / "stage2"),
         "export_path": str(models / "model_int8.pt"), "num_epochs": epochs["stage2"]}, models / "model_int8.pt")
     subprocess.run([sys.executable, "-m", "adaqat.cli", "export-onnx", str(models / "model_int8.pt")], check=True)
+    calibrate_quality(models, seed)
     seconds = sum(s["seconds"] for s in stages.values())
     stages["unet"] = run_stage(["train", "unet_baseline", "augment_scanners"], {
         **common, "run_dir": str(out / "unet"), "export_path": str(models / "unet_baseline.pt"),
         "time_limit_s": int(round(seconds)), "num_epochs": 100000}, models / "unet_baseline.pt")
     return stages
+
+
+def calibrate_quality(models: Path, seed: int) -> None:
+    """The quality score of model.pt and model_int8.pt, fitted on the JSRT validation split (``adaqat.quality``)."""
+    from adaqat.quality import calibrate_file
+    from scripts.data.datasets import select_split
+
+    for name in ("model.pt", "model_int8.pt"):
+        calibrate_file(models / name, select_split(JSRT, "val", by="image", seed=seed))
 
 
 def evaluate(out: Path, seed: int, limit: int | None = None) -> dict:
@@ -107,6 +117,8 @@ def install(out: Path, version: str) -> dict[str, str]:
     for name in SHIPPED:
         shutil.copyfile(out / "models" / name, target / name)
         hashes[name] = sha256(target / name)
+    for calibration in (out / "models").glob("*.quality.json"):  # text, kept in git beside its model
+        shutil.copyfile(calibration, target / calibration.name)
     shipped = [{"path": f"models/{n}", "url": RELEASE_URL.format(version=version, file=n), "hash_val": h, "hash_type": "sha256"}
                for n, h in hashes.items()]
     listing.write_text(yaml.safe_dump({"large_files": shipped}, sort_keys=False))

@@ -194,7 +194,8 @@ def test_dicom_round_trip(tmp_path):
     img, header = read_cxr(ref)
     assert header["format"] == "dicom" and header["bit_depth"] == 16 and not header["inverted"]
     assert_corner(corner_mask(img))
-    out = write_mask_like(corner_mask(img), ref, tmp_path / default_mask_name(ref))
+    assert default_mask_name(ref) == "cxr_seg.dcm"  # a DICOM's own mask format is a DICOM SEG (test_dicom_seg.py)
+    out = write_mask_like(corner_mask(img), ref, tmp_path / default_mask_name(ref, "dicom"), output_format="dicom")
     assert out.name == "cxr_mask.dcm"
     src, ds = pydicom.dcmread(ref), pydicom.dcmread(out)
     assert (ds.Rows, ds.Columns) == (H, W) and ds.BitsAllocated == 16
@@ -210,7 +211,7 @@ def test_dicom_round_trip(tmp_path):
 def test_dicom_8bit_cr(tmp_path):
     ref = make_dicom(tmp_path / "cr.dcm", asymmetric(), modality="CR")
     img, _ = read_cxr(ref)
-    out = write_mask_like(corner_mask(img), ref, tmp_path / "cr_mask.dcm")
+    out = write_mask_like(corner_mask(img), ref, tmp_path / "cr_mask.dcm", output_format="dicom")
     ds = pydicom.dcmread(out)
     assert ds.BitsAllocated == 8 and ds.pixel_array.dtype == np.uint8
     assert_corner(ds.pixel_array)
@@ -242,7 +243,7 @@ def test_extensionless_dicom_is_detected(tmp_path):
     assert is_supported(ref)
     img, header = read_cxr(ref)
     assert header["format"] == "dicom" and img.shape == (H, W)
-    assert default_mask_name(ref) == "IM0001_mask.dcm"
+    assert default_mask_name(ref) == "IM0001_seg.dcm" and default_mask_name(ref, "dicom") == "IM0001_mask.dcm"
 
 
 # ------------------------------------------------------------------ bad files

@@ -193,6 +193,33 @@ def test_infer_dicom_upload(server, studies, tmp_path):
     assert dice(arr.reshape(pixels.shape), read_mask(item["label"])) > 0.8
 
 
+def test_infer_dicom_upload_dicom_seg_result(server, studies, tmp_path):
+    """``result_extension: ".dcm"`` for a DICOM upload: a DICOM SEG (highdicom 0.22 on pydicom 2 in the server's
+    environment) that the core's highdicom reads, referencing the upload, with the lungs as the NRRD answer has them."""
+    import highdicom as hd
+    import pydicom
+    from dicom_writer import make_dicom
+    from PIL import Image
+    from pydicom.uid import SegmentationStorage
+    from scripts.data.cxr_io import read_mask
+
+    client, _ = server
+    item = studies["items"][-1]
+    pixels = np.asarray(Image.open(item["image"]).convert("L")).astype(np.uint16) * 16
+    upload = make_dicom(tmp_path / "study.dcm", pixels)
+    reply = _record("infer_dicom_seg_int8", client.infer("adaqat_int8", file=upload, params={"result_extension": ".dcm"}))
+    assert reply.status == 200, reply.body[:500]
+    path = tmp_path / "result.dcm"
+    path.write_bytes(reply.body)
+    ds, src = pydicom.dcmread(path), pydicom.dcmread(upload)
+    assert ds.SOPClassUID == SegmentationStorage
+    assert hd.seg.segread(path).get_source_image_uids() == [(src.StudyInstanceUID, src.SeriesInstanceUID, src.SOPInstanceUID)]
+    assert ds.SegmentSequence[0].SegmentLabel == "lung"
+    assert np.allclose([float(v) for v in ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing],
+                       [float(v) for v in src.PixelSpacing])
+    assert dice(ds.pixel_array, read_mask(item["label"])) > 0.8
+
+
 def test_infer_reports_server_latencies(server, studies):
     client, _ = server
     reply = _record("infer_json_int8", client.infer("adaqat_int8", image=studies["unlabelled"].stem, output="json"))
@@ -213,6 +240,7 @@ def test_infer_reports_server_latencies(server, studies):
         ("volume_3d", 422, "3-D volume"),
         ("bad_extension", 400, "unsupported image type"),
         ("bad_result_extension", 400, "result_extension"),
+        ("dicom_seg_of_png", 400, "needs a DICOM input"),
     ],
 )
 def test_bad_requests_get_4xx_and_server_stays_healthy(server, studies, tmp_path, case, status, words):
@@ -232,6 +260,8 @@ def test_bad_requests_get_4xx_and_server_stays_healthy(server, studies, tmp_path
         reply = client.infer("adaqat_fp32", file=vol)
     elif case == "bad_extension":
         reply = client.infer("adaqat_fp32", file=("notes.txt", b"hello"))
+    elif case == "dicom_seg_of_png":
+        reply = client.infer("adaqat_fp32", image=study, params={"result_extension": ".dcm"})
     else:
         reply = client.infer("adaqat_fp32", image=study, params={"result_extension": ".exe"})
     _record(f"bad_{case}", reply)
@@ -270,3 +300,6 @@ def test_train_one_epoch_then_infer(server, studies):
         reply = _record(f"infer_after_train_{model}", client.infer(model, image=studies["unlabelled"].stem, params=SLICER_PARAMS))
         arr = sitk.GetArrayFromImage(_read_result(reply))
         assert dice(arr, read_mask(studies["items"][-1]["label"])) > 0.8, model
+        # the quality score was refitted for the new files, so results still carry one (not "unavailable")
+        params = client.infer(model, image=studies["unlabelled"].stem, params=SLICER_PARAMS, output="json").json()
+        assert "quality" in params and 0.0 <= params["quality"]["predicted_dice"] <= 1.0, params

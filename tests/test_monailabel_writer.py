@@ -109,3 +109,26 @@ def test_failed_write_leaves_no_temporary_file(tmp_path):
     with pytest.raises(ValueError, match="does not match"):
         writer.write_label(_label(20, 30), ref, ".png", out_dir=str(tmp_path))
     assert not list(tmp_path.glob("adaqat_label_*"))
+
+
+def test_dicom_reference_dcm_result_is_a_dicom_seg(tmp_path):
+    """``result_extension: ".dcm"`` for a DICOM input: a DICOM SEG referencing it, lung pixels as the label."""
+    import pydicom
+    from dicom_writer import make_dicom
+    from pydicom.uid import SegmentationStorage
+
+    ref = make_dicom(tmp_path / "cxr.dcm", np.zeros((30, 20), np.uint16))
+    out = writer.write_label(_label(), ref, ".dcm", "uint8", out_dir=str(tmp_path))
+    ds, src = pydicom.dcmread(out), pydicom.dcmread(ref)
+    assert out.endswith(".dcm") and ds.SOPClassUID == SegmentationStorage
+    assert ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert ds.SegmentSequence[0].SegmentLabel == "lung"
+    np.testing.assert_array_equal(ds.pixel_array, _label())
+
+
+def test_dcm_result_for_a_non_dicom_input_refused(tmp_path):
+    ref = tmp_path / "cxr.png"
+    Image.fromarray(np.zeros((30, 20), np.uint8)).save(ref)
+    with pytest.raises(writer.UnsupportedResult, match=r"DICOM SEG\) needs a DICOM input; .*cxr\.png is png"):
+        writer.write_label(_label(), ref, ".dcm", out_dir=str(tmp_path))
+    assert not list(tmp_path.glob("adaqat_label_*"))

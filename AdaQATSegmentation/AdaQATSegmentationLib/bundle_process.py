@@ -79,9 +79,12 @@ CHILD = Path(__file__).resolve().with_name("child_main.py")
 
 def infer_command(bundle_root: str | Path, image: str | Path, output_dir: str | Path, model: str | Path | None = None,
                   box: Sequence[float] | None = None, refine_box: bool = True, prompt: str | None = None,
-                  device: str | None = None, python: str | None = None, route: str = "torch") -> list[str]:
+                  device: str | None = None, python: str | None = None, route: str = "torch",
+                  quality_threshold: float | None = None) -> list[str]:
     """The child's command line for one image: the bundle's inference config with these overrides ("torch"), or
-    the bundle's torch-free predictor on the model's ONNX form ("onnx": numpy + onnxruntime, CPU, no device)."""
+    the bundle's torch-free predictor on the model's ONNX form ("onnx": numpy + onnxruntime, CPU, no device).
+    ``quality_threshold``: predicted Dice under which the mask's quality report says review (None: the
+    calibration's own)."""
     if route == "onnx":
         if not model:
             raise ValueError("the onnx route needs a model file (its ONNX graphs lie beside it)")
@@ -101,6 +104,8 @@ def infer_command(bundle_root: str | Path, image: str | Path, output_dir: str | 
         cmd += ["--prompt", prompt]
     if device:
         cmd += ["--device", device]
+    if quality_threshold is not None:
+        cmd += ["--threshold", f"{float(quality_threshold):g}"]
     return cmd
 
 

@@ -39,6 +39,8 @@ def infer(args: argparse.Namespace) -> None:
         overrides["prompt_mode"] = args.prompt
     if args.device:
         overrides["device"] = f"$torch.device({args.device!r})"
+    if args.threshold is not None:  # the quality report's review threshold (null in the config: the calibration's)
+        overrides["quality_threshold"] = float(args.threshold)
     print("overrides", json.dumps(overrides), flush=True)
     configs = root / "configs"
     optional = {key: str(configs / name) for key, name in (("meta_file", "metadata.json"), ("logging_file", "logging.conf"))
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--box", nargs=4)
     p.add_argument("--prompt", choices=["two_pass", "whole", "box"])
     p.add_argument("--device")
+    p.add_argument("--threshold", type=float, help="predicted Dice under which a mask is marked review")
     p.set_defaults(func=infer)
     p = sub.add_parser("download")
     p.add_argument("url")

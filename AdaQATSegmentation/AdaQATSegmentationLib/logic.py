@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import bundle_paths, bundle_process, segmentation_output, volume_io
+from . import bundle_paths, bundle_process, quality, segmentation_output, volume_io
 
 PROMPTS = ("two_pass", "whole")
 DEVICES = ("auto", "cpu", "cuda")
@@ -32,6 +32,7 @@ class SegmentationRequest:
     prompt: str = "two_pass"  # without ROI: "two_pass" (whole image, then a refined box) or "whole"
     device: str = "auto"
     route: str = "auto"  # "auto": torch-free (ONNX) for the bundled models, PyTorch for a user's file; "onnx"; "torch"
+    quality_threshold: float | None = None  # predicted Dice under which the mask is marked review; None: calibration's
 
 
 @dataclass
@@ -45,6 +46,7 @@ class RunHandle:
     output_dir: Path
     box: tuple[float, float, float, float] | None = None
     route: str = "torch"
+    quality: quality.QualityResult | None = None  # set by ``finish``: the mask's predicted Dice or why there is none
 
 
 def _safe_name(name: str) -> str:
@@ -74,6 +76,8 @@ class AdaQATSegmentationLogic:
             raise ValueError(f"unknown prompt {request.prompt!r}: one of {PROMPTS}")
         if request.device not in DEVICES and not request.device.startswith("cuda:"):
             raise ValueError(f"unknown device {request.device!r}: one of {DEVICES}")
+        if request.quality_threshold is not None and not 0.0 <= float(request.quality_threshold) <= 1.0:
+            raise ValueError(f"quality threshold {request.quality_threshold} is not a Dice between 0 and 1")
         volume_io.check_radiograph_volume(request.volume_node)
         root = self.bundle_root
         model, route = self.model_and_route(request)
@@ -86,14 +90,18 @@ class AdaQATSegmentationLogic:
             process = bundle_process.start_infer(
                 root, image, output_dir, model=model, box=box, refine_box=request.refine_box,
                 prompt=None if box is not None else request.prompt,
-                device=None if request.device == "auto" else request.device, python=self.python, route=route)
+                device=None if request.device == "auto" else request.device, python=self.python, route=route,
+                quality_threshold=request.quality_threshold)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         return RunHandle(request, process, workdir, image, output_dir, box, route)
 
     def finish(self, handle: RunHandle) -> Any:
-        """After the process ended: raise its error, or put the mask into the segmentation node."""
+        """After the process ended: raise its error, or put the mask into the segmentation node.
+
+        The mask's quality report (beside it) goes onto the node's attributes and its segments' tags and into
+        ``handle.quality``; a run without one (a model without calibration) says why instead of failing."""
         try:
             try:
                 handle.process.finish()
@@ -108,7 +116,10 @@ class AdaQATSegmentationLogic:
             if not labels.any():  # keep the previous result rather than replace it with nothing
                 raise ValueError(f"the model found no lung in volume '{handle.request.volume_node.GetName()}'; "
                                  "try a ROI box around the lungs or another model")
-            return segmentation_output.write_output(self.scene, handle.request.volume_node, labels)
+            handle.quality = quality.read_report(masks[0], handle.process.lines)
+            node = segmentation_output.write_output(self.scene, handle.request.volume_node, labels)
+            quality.store_on_node(node, handle.quality, segmentation_output.own_segment_ids(node))
+            return node
         finally:
             shutil.rmtree(handle.workdir, ignore_errors=True)
 

@@ -14,6 +14,10 @@ from fastapi import HTTPException
 INPUT_ERRORS = ("CXRInputError",)
 
 
+class BadRequestParameter(ValueError):
+    """A request parameter out of range (e.g. ``quality_threshold``): answered 400 with the message."""
+
+
 def unknown_model(model: str | None, available: list[str]) -> HTTPException:
     return HTTPException(status_code=404, detail=f"unknown model {model!r}; available models: {sorted(available)}")
 
@@ -40,7 +44,7 @@ def input_error(exc: BaseException, upload: str | None = None) -> HTTPException 
         seen.add(id(current))
         if isinstance(current, HTTPException):
             return current
-        if type(current).__name__ == "UnsupportedResult":
+        if type(current).__name__ in ("UnsupportedResult", "BadRequestParameter"):
             return HTTPException(status_code=400, detail=str(current))
         if type(current).__name__ in INPUT_ERRORS:
             message = str(current)
@@ -52,4 +56,4 @@ def input_error(exc: BaseException, upload: str | None = None) -> HTTPException 
 
 
 
-__all__ = ["bad_extension", "input_error", "unknown_image", "unknown_model"]
+__all__ = ["BadRequestParameter", "bad_extension", "input_error", "unknown_image", "unknown_model"]

@@ -5,12 +5,20 @@ loads ``models/model.pt`` into ``network_def`` with an unrestricted ``torch.load
 with MONAI's 3-D writer. Here the model file (FP32 or the INT8 artefact) is built by the engine's own
 loader (``weights_only``), the bundle's ``LoadCXRd`` reads PNG/JPEG and squeezes the single-slice
 NIfTI Slicer uploads, and the writer puts the label back in the input's geometry.
+
+Every result also says how far to trust the mask: the result params carry ``quality`` = ``{"predicted_dice",
+"review", "threshold"}`` from the model's quality calibration (``<model stem>.quality.json`` beside the model,
+``scripts.deploy.quality``; review = predicted Dice under the threshold, the calibration's own unless the request
+sets ``quality_threshold``), or ``quality_unavailable`` with the reason (no calibration, one fitted for another
+model file after training replaced it, a network without evidence).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+import threading
 from typing import Any, Callable, Sequence
 
 from monai.transforms import SqueezeDimd
@@ -18,10 +26,26 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.utils.others.class_utils import unload_module
 
+from .errors import BadRequestParameter
 from .writer import write_label
 
 # post-processing steps of inference.json the server replaces (it writes results itself)
 _SERVER_WRITES = ("SaveCXRMaskd",)
+_QUALITY_KEY = "adaqat_quality"  # the request's quality result, from the inferer to the writer
+_NO_EVIDENCE = "this network gives no quality evidence (not a SAM segmenter)"
+
+
+def quality_threshold(value: Any) -> float | None:
+    """The request's ``quality_threshold`` (a predicted Dice in [0, 1]; None/absent: the calibration's own)."""
+    if value is None or value == "":
+        return None
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = math.nan
+    if not 0.0 <= threshold <= 1.0:
+        raise BadRequestParameter(f"quality_threshold {value!r} is not a Dice between 0 and 1")
+    return threshold
 
 
 def labels_from_metadata(metadata: dict[str, Any]) -> dict[str, int]:
@@ -41,6 +65,9 @@ class AdaQATInferTask(BundleInferTask):
 
     def __init__(self, bundle_path: str, model_file: str, conf: dict[str, str], labels: dict[str, int],
                  description: str = "") -> None:
+        self._scorers: dict[Any, tuple[Any, str]] = {}  # device -> (quality model or None, reason)
+        # one inference at a time per task: a network keeps its last forward's evidence (``last_evidence``)
+        self._infer_lock = threading.Lock()
         super().__init__(bundle_path, conf, add_post_restore=False, load_strict=True, type="segmentation")
         if not self.valid:  # no inference config or no models/model.pt: BundleInferTask logged why
             return
@@ -72,18 +99,45 @@ class AdaQATInferTask(BundleInferTask):
         sys.path.insert(0, self.bundle_path)
         try:
             unload_module("scripts")
+            from scripts.deploy.quality import load_quality_model
             from scripts.model_files.load import load_model
 
             network = load_model(path, device=device)
+            try:
+                scorer, reason = load_quality_model(path)  # None if absent or fitted for another model file
+            except (OSError, ValueError) as exc:
+                scorer, reason = None, str(exc)
         finally:
             sys.path.remove(self.bundle_path)
+        if scorer is not None and not hasattr(network, "record_evidence"):
+            scorer, reason = None, _NO_EVIDENCE
+        if scorer is not None:
+            network.record_evidence = True
         self._networks[device] = (network, mtime)
+        self._scorers[device] = (scorer, reason)
         return network
+
+    def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
+        """The network's forward, then the quality of its mask from the evidence it kept (see the module doc)."""
+        threshold = quality_threshold(data.get("quality_threshold"))
+        with self._infer_lock:
+            data = super().run_inferer(data, convert_to_batch=convert_to_batch, device=device)
+            network = (self._networks.get(device) or (None, None))[0]
+            scorer, reason = self._scorers.get(device, (None, _NO_EVIDENCE))
+            evidence = list(getattr(network, "last_evidence", None) or [])
+        if scorer is not None and evidence and evidence[0]:
+            assessment = scorer.assess(evidence[0], threshold)
+            data[_QUALITY_KEY] = {"quality": {k: assessment[k] for k in ("predicted_dice", "review", "threshold")}}
+        else:
+            data[_QUALITY_KEY] = {"quality_unavailable": reason or "the network kept no quality evidence"}
+        return data
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: str | None = None) -> tuple[str, dict]:
         path = write_label(data[self.output_label_key], data["image_path"], extension or data.get("result_extension"),
                            dtype or data.get("result_dtype"), label_value=max(self.labels.values()))
-        return path, {"label_names": self.labels, "model_file": os.path.basename(self.get_path() or "")}
+        params = {"label_names": self.labels, "model_file": os.path.basename(self.get_path() or "")}
+        params.update(data.get(_QUALITY_KEY) or {"quality_unavailable": "no quality result for this request"})
+        return path, params
 
 
-__all__ = ["AdaQATInferTask", "labels_from_metadata"]
+__all__ = ["AdaQATInferTask", "labels_from_metadata", "quality_threshold"]

@@ -8,16 +8,19 @@ model is the SAM the adapters start from (``sam_checkpoint``; the bundle reads i
 ends with the config's own export, which replaces ``models/model.pt`` atomically; then stage 2 (``train.json`` +
 ``train_qat.json``: INT8 QAT from stage 1's best checkpoint, ``qat_epochs`` epochs) replaces
 ``models/model_int8.pt`` the same way, so both served models are refreshed; each infer task reloads its file on
-its next request.
+its next request. After each stage the model's quality score is fitted again on the validation studies
+(``adaqat.quality.calibrate_file``), since a calibration holds only for the model file it was fitted on.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from monailabel.tasks.train.bundle import BundleTrainTask
 
+logger = logging.getLogger(__name__)
 DEFAULT_EPOCHS = 5
 DEFAULT_QAT_EPOCHS = 2
 
@@ -63,6 +66,7 @@ class AdaQATTrainTask(BundleTrainTask):
     def run_single_gpu(self, request: dict[str, Any], overrides: dict[str, Any]) -> None:
         """Stage 1 (MONAI Label's run of ``train.json``), then stage 2 from its best checkpoint (0 QAT epochs: skip)."""
         super().run_single_gpu(request, overrides)
+        self._calibrate(overrides["export_path"], overrides["validate#datalist"])
         qat_epochs = int(request.get("qat_epochs", DEFAULT_QAT_EPOCHS))
         if qat_epochs <= 0:
             return
@@ -80,6 +84,19 @@ class AdaQATTrainTask(BundleTrainTask):
         monai.bundle.run(run_id=request.get("run_id", "run"), init_id=None, final_id=None, meta_file=self.bundle_metadata_path,
                          config_file=[os.path.join(configs, "train.json"), os.path.join(configs, "train_qat.json")],
                          **stage2)
+        self._calibrate(stage2["export_path"], overrides["validate#datalist"])
+
+    @staticmethod
+    def _calibrate(model_path: str, studies: list[dict[str, Any]]) -> None:
+        """The new model's quality score; if it cannot be fitted, the old calibration stays and is refused for the
+        new file (its sha256 differs), so results say the score is unavailable rather than give a wrong one."""
+        from adaqat.quality import calibrate_file
+
+        try:
+            summary = calibrate_file(model_path, studies)
+            logger.info("quality score of %s refitted on %d studies (%s)", model_path, len(studies), summary["candidate"])
+        except Exception as exc:  # noqa: BLE001 - training succeeded; only the score is missing
+            logger.warning("%s: quality score not refitted (%s: %s)", model_path, type(exc).__name__, exc)
 
     def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
         self._request = request

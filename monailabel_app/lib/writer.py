@@ -4,7 +4,10 @@ Why not MONAI Label's ``Writer``: it writes the post-processed tensor with the a
 while our studies are loaded as 2-D (a single-slice NIfTI squeezed, a PNG with no geometry). The engine's
 own mask writer (``scripts.data.mask_write``, the one ``adaqat infer`` uses) puts the label back with the
 input's size, spacing, origin and direction, singleton axes restored; here only the request is translated:
-``.nrrd``, ``.nii.gz``, ``.nii`` or ``.png`` (Slicer asks ``.nrrd`` uint8), and the dtype.
+``.nrrd``, ``.nii.gz``, ``.nii`` or ``.png`` (Slicer asks ``.nrrd`` uint8), and the dtype. ``.dcm`` asks for a
+DICOM Segmentation (SEG) of a DICOM input, referencing it (``scripts.data.dicom_seg``; dtype and label value do
+not apply). MONAI Label's own ``output=dicom_seg`` is for a DICOMweb datastore only (it converts with
+pydicom-seg and needs ``label_info``), so this app answers ``result_extension: ".dcm"`` instead.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ class UnsupportedResult(ValueError):
     """A result extension or dtype the writer cannot produce (answered 400 by the app)."""
 
 
-RESULT_FORMATS = {".nrrd": "nrrd", ".nii.gz": "nifti", ".nii": "nifti", ".png": "png"}
+RESULT_FORMATS = {".nrrd": "nrrd", ".nii.gz": "nifti", ".nii": "nifti", ".png": "png", ".dcm": "dicom_seg"}
 RESULT_EXTENSIONS = tuple(RESULT_FORMATS)
 RESULT_DTYPES = {"uint8": np.uint8, "uint16": np.uint16}
 
@@ -33,6 +36,9 @@ def result_extension(reference: str, requested: str | None) -> str:
         ext = requested if requested.startswith(".") else "." + requested
         if ext.lower() not in RESULT_FORMATS:
             raise UnsupportedResult(f"unsupported result_extension {requested!r}; supported: {', '.join(RESULT_EXTENSIONS)}")
+        if RESULT_FORMATS[ext.lower()] == "dicom_seg" and detect_format(reference) != "dicom":
+            raise UnsupportedResult(f"result_extension {requested!r} (DICOM SEG) needs a DICOM input; "
+                                    f"{os.path.basename(reference)} is {detect_format(reference)}")
         return ext.lower()
     own = detect_format(reference)
     return ".nrrd" if own == "nrrd" else ".nii.gz" if own in ("nifti", "dicom") else ".png"

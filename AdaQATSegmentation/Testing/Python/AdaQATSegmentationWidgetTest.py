@@ -19,6 +19,8 @@ class AdaQATSegmentationWidgetTest(ScriptedLoadableModuleTest):
         self.assertEqual(widget.ui.modelComboBox.count, 3)
         self.assertFalse(widget.ui.applyButton.enabled)
         self.assertFalse(widget.ui.cancelButton.enabled)
+        self.assertEqual(widget.ui.qualityLabel.text, "")  # the quality score appears after a run
+        self.assertEqual(widget.ui.qualityThresholdSpinBox.specialValueText, "calibration's own")
         volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "cxr")
         widget.ui.inputVolumeSelector.setCurrentNode(volume)
         self.assertTrue(widget.ui.applyButton.enabled)

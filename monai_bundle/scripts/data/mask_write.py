@@ -3,8 +3,9 @@
 Why: a mask is only useful beside its image. PNG/JPEG exports get a PNG, a DICOM CR/DX a DICOM, NIfTI and
 NRRD the same container with spacing, origin and direction copied, and a single-slice volume its slice
 axis back. Callers that need another container (the MONAI Label server answers ``.nrrd`` to Slicer) ask
-for it with ``output_format``; the geometry still comes from the reference. Every file is written
-atomically. Bad input raises :class:`~.cxr_io.CXRInputError` naming the file.
+for it with ``output_format``; the geometry still comes from the reference. ``dicom_seg`` (for a DICOM
+reference only) writes a DICOM Segmentation object instead of a DICOM image (``dicom_seg.py``). Every
+file is written atomically. Bad input raises :class:`~.cxr_io.CXRInputError` naming the file.
 """
 
 from __future__ import annotations
@@ -19,38 +20,63 @@ import SimpleITK as sitk
 from ..atomic import atomic_path
 from .cxr_io import CXRInputError, check_file, detect_format, first_line, stem, suffix
 
-OUTPUT_FORMATS = ("png", "nifti", "nrrd", "dicom")
+OUTPUT_FORMATS = ("png", "nifti", "nrrd", "dicom", "dicom_seg")
 # Suffix written for each format. JPEG is lossy, so its mask is a PNG; a detached NRRD header (.nhdr)
 # would need a second data file that cannot be renamed atomically together with the header, so its
 # mask is an attached .nrrd; NIfTI keeps the reference's .nii or .nii.gz.
-_SUFFIX = {"png": ".png", "nifti": ".nii.gz", "nrrd": ".nrrd", "dicom": ".dcm"}
+_SUFFIX = {"png": ".png", "nifti": ".nii.gz", "nrrd": ".nrrd", "dicom": ".dcm", "dicom_seg": ".dcm"}
 _FORMAT_OF_SUFFIX = {".png": "png", ".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".dcm": "dicom"}
+# The name part before the suffix: a SEG is ``<stem>_seg.dcm``, so it never overwrites (or is taken for)
+# the DICOM image mask ``<stem>_mask.dcm`` of the same input.
+_NAME_TAG = {"dicom_seg": "_seg"}
 MASK_SERIES_DESCRIPTION = "AdaQAT lung mask"
 
 
 def mask_format(reference_path: str | os.PathLike, output_format: str | None = None) -> str:
-    """The format a mask of ``reference_path`` is written in: ``output_format``, else the reference's own."""
+    """The format a mask of ``reference_path`` is written in: ``output_format``, else the reference's own (a DICOM
+    image's is a DICOM Segmentation, what PACS viewers and Slicer's DICOM module load beside the image; ``dicom``
+    asks for the older secondary-capture-like image mask)."""
     ref_format = detect_format(reference_path)
-    chosen = output_format or ("png" if ref_format == "jpeg" else ref_format)
+    own = {"jpeg": "png", "dicom": "dicom_seg"}.get(ref_format, ref_format)
+    chosen = output_format or own
     if chosen not in OUTPUT_FORMATS:
         raise ValueError(f"output format {chosen!r} is not one of {', '.join(OUTPUT_FORMATS)}")
-    if chosen == "dicom" and ref_format != "dicom":
-        raise ValueError(f"{reference_path}: a DICOM mask needs a DICOM reference image, not {ref_format}")
+    if chosen in ("dicom", "dicom_seg") and ref_format != "dicom":
+        kind = "DICOM SEG" if chosen == "dicom_seg" else "DICOM mask"
+        raise ValueError(f"{reference_path}: a {kind} needs a DICOM reference image, not {ref_format}")
     return chosen
 
 
 def default_mask_name(reference_path: str | os.PathLike, output_format: str | None = None) -> str:
-    """Output name for the mask of ``reference_path``: stem + ``_mask`` + the suffix it is written with."""
+    """Output name for the mask of ``reference_path``: stem + ``_mask`` (``_seg`` for a DICOM SEG) + the suffix
+    it is written with."""
     fmt = mask_format(reference_path, output_format)
     ref_suffix = suffix(reference_path)
     keep = fmt == "nifti" and ref_suffix in (".nii", ".nii.gz")
-    return f"{stem(reference_path)}_mask{ref_suffix if keep else _SUFFIX[fmt]}"
+    return f"{stem(reference_path)}{_NAME_TAG.get(fmt, '_mask')}{ref_suffix if keep else _SUFFIX[fmt]}"
+
+
+def check_output_format(datalist: list[dict], output_format: str | None, key: str = "image") -> list[dict]:
+    """Refuse a run whose inputs cannot be written as ``output_format`` (e.g. ``dicom_seg`` for a PNG) before any
+    model is loaded: one ValueError line naming the first such file (and how many there are); else the datalist."""
+    if output_format in (None, "", "auto"):
+        return datalist
+    errors = []
+    for item in datalist:
+        try:
+            mask_format(item[key], output_format)
+        except ValueError as exc:
+            errors.append(str(exc))
+    if errors:
+        more = f" (and {len(errors) - 1} more input(s) like it)" if len(errors) > 1 else ""
+        raise ValueError(f"{errors[0]}{more}; choose another --output-format")
+    return datalist
 
 
 def _output_path(out_path: Path, fmt: str) -> Path:
     """``out_path`` with a suffix that matches the written format (e.g. .jpg -> .png, .nhdr -> .nrrd)."""
     suf = suffix(out_path)
-    if _FORMAT_OF_SUFFIX.get(suf) == fmt:
+    if _FORMAT_OF_SUFFIX.get(suf) == fmt or (fmt == "dicom_seg" and suf == ".dcm"):
         return out_path
     name = out_path.name[: len(out_path.name) - len(suf)] if suf else out_path.name
     return out_path.with_name(name + _SUFFIX[fmt])
@@ -91,13 +117,14 @@ def write_mask_like(mask: Any, reference_path: str | os.PathLike, out_path: str 
                     dtype: type | np.dtype = np.uint8) -> Path:
     """Write a binary (H, W) mask in the reference's geometry; returns the path written.
 
-    ``output_format`` (``png``, ``nifti``, ``nrrd``, ``dicom``) defaults to the reference's own format
+    ``output_format`` (``png``, ``nifti``, ``nrrd``, ``dicom``, ``dicom_seg``) defaults to the reference's own format
     (JPEG -> PNG). ``foreground`` is the value of lung pixels (default 255 in a PNG, 1 elsewhere);
     ``dtype`` the stored type (uint8 or uint16). NIfTI/NRRD: spacing, origin and direction copied, a
     squeezed single-slice volume written back 3-D with the reference's shape. DICOM: a copy of the
     reference dataset with the mask as MONOCHROME2 pixel data (uint8 or uint16 following its
-    BitsAllocated), window 0..1, new Series/SOP Instance UIDs. The suffix of ``out_path`` is corrected
-    when it does not fit the written format.
+    BitsAllocated), window 0..1, new Series/SOP Instance UIDs. DICOM SEG: a binary Segmentation with one
+    segment "lung" referencing the source (``dicom_seg.write_dicom_seg``; ``foreground`` and ``dtype`` do
+    not apply). The suffix of ``out_path`` is corrected when it does not fit the written format.
     """
     ref = Path(reference_path)
     check_file(ref)
@@ -107,6 +134,10 @@ def write_mask_like(mask: Any, reference_path: str | os.PathLike, out_path: str 
     if fmt == "dicom":
         _write_dicom(binary, ref, out)
         return out
+    if fmt == "dicom_seg":
+        from .dicom_seg import write_dicom_seg
+
+        return write_dicom_seg(binary, ref, out)[0]
     label = (binary * (foreground if foreground is not None else 255 if fmt == "png" else 1)).astype(dtype)
     if fmt == "png":
         _write_png(label, ref, out)
@@ -181,4 +212,5 @@ def _write_dicom(mask: np.ndarray, ref: Path, out: Path) -> None:
         ds.save_as(tmp, enforce_file_format=True)
 
 
-__all__ = ["MASK_SERIES_DESCRIPTION", "OUTPUT_FORMATS", "default_mask_name", "mask_format", "write_mask_like"]
+__all__ = ["MASK_SERIES_DESCRIPTION", "OUTPUT_FORMATS", "check_output_format", "default_mask_name", "mask_format",
+           "write_mask_like"]

@@ -20,7 +20,7 @@ from monai.transforms import MapTransform, Randomizable
 
 from .boxes import box_from_mask, whole_image_box
 from .cxr_io import read_cxr, read_mask
-from .mask_write import default_mask_name, write_mask_like
+from .mask_write import OUTPUT_FORMATS, default_mask_name, write_mask_like
 
 
 class LoadCXRd(MapTransform):
@@ -195,14 +195,18 @@ class SaveCXRMaskd(MapTransform):
 
     Why not MONAI's ``SaveImaged``: it writes NIfTI/PNG from the tensor's affine, while a CXR mask must
     come back in the input's own container (DICOM, NRRD, PNG...) and geometry, read from the source file.
-    The written path is stored in ``data["pred_path"]``.
+    ``output_format`` (``mask_write.OUTPUT_FORMATS``, e.g. ``dicom_seg``) asks for another container; None or
+    ``"auto"`` keeps the input's own. The written path is stored in ``data["pred_path"]``.
     """
 
     def __init__(self, keys: KeysCollection = "pred", output_dir: str = "./predictions", ref_key: str = "image",
-                 allow_missing_keys: bool = False) -> None:
+                 output_format: str | None = None, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_dir = Path(output_dir)
         self.ref_key = ref_key
+        self.output_format = None if output_format in (None, "", "auto") else output_format
+        if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format {output_format!r} is not one of auto, {', '.join(OUTPUT_FORMATS)}")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -210,8 +214,9 @@ class SaveCXRMaskd(MapTransform):
         for key in self.key_iterator(d):
             mask = d[key]
             mask = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-            out = self.output_dir / default_mask_name(source)
-            d[f"{key}_path"] = str(write_mask_like((mask.reshape(mask.shape[-2:]) > 0).astype(np.uint8), source, out))
+            out = self.output_dir / default_mask_name(source, self.output_format)
+            d[f"{key}_path"] = str(write_mask_like((mask.reshape(mask.shape[-2:]) > 0).astype(np.uint8), source, out,
+                                                   output_format=self.output_format))
         return d
 
 

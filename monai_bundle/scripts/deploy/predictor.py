@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from . import imaging
+from .quality import load_quality_model, prompt_passes, write_report, write_summary
 from .onnx_files import META_PREPROCESSING, META_SEGMENTER, file_sha256, find_current, metadata
 
 PROMPT_MODES = ("two_pass", "whole", "box")
@@ -74,6 +75,12 @@ class OnnxSegmenter:
     def low_res_logits(self, image: np.ndarray, box: Sequence[float] | None = None,
                        prompt_mode: str | None = None) -> tuple[np.ndarray, float]:
         """SAM's ``S/4 x S/4`` logits and its IoU prediction for the final prompt."""
+        low, iou, _ = self.passes(image, box, prompt_mode, with_evidence=False)
+        return low, iou
+
+    def passes(self, image: np.ndarray, box: Sequence[float] | None = None, prompt_mode: str | None = None,
+               with_evidence: bool = True) -> tuple[np.ndarray, float, dict | None]:
+        """Final low-res logits, IoU prediction and the quality evidence (``quality.prompt_passes``)."""
         mode = prompt_mode or self.prompt_mode
         if mode not in PROMPT_MODES:
             raise ValueError(f"prompt_mode must be one of {PROMPT_MODES}, got {mode!r}")
@@ -85,15 +92,8 @@ class OnnxSegmenter:
         box_sam = (np.asarray(box, dtype=np.float32) if box is not None
                    else np.array([0, 0, width, height], dtype=np.float32)) * to_sam
         embedding = self.encoder.run(None, {"image": self.preprocess(image)})[0]
-        low, iou = self._decode(embedding, box_sam)
-        if mode == "two_pass":
-            low_size = low.shape[-1]
-            margin = self.refine_margin * low_size / max(height, width)
-            refined = imaging.refined_box(low, margin)
-            if refined is None:  # an empty first pass keeps its box
-                refined = box_sam * low_size / size
-            low, iou = self._decode(embedding, refined * size / low_size)
-        return low, iou
+        return prompt_passes(lambda b: self._decode(embedding, b), box_sam, size, (height, width), self.refine_margin,
+                             mode == "two_pass", with_evidence)
 
     def logits(self, image: np.ndarray, box: Sequence[float] | None = None, prompt_mode: str | None = None) -> np.ndarray:
         """Lung logits at the image's size (SAM's low-resolution logits, bilinearly upsampled)."""
@@ -103,10 +103,16 @@ class OnnxSegmenter:
     def mask(self, image: np.ndarray, box: Sequence[float] | None = None, prompt_mode: str | None = None,
              keep_components: int = 2) -> np.ndarray:
         """The binary lung mask (uint8 0/1) the inference config writes for this image."""
-        mask = self.logits(image, box, prompt_mode) >= 0
+        return self.mask_and_evidence(image, box, prompt_mode, keep_components, with_evidence=False)[0]
+
+    def mask_and_evidence(self, image: np.ndarray, box: Sequence[float] | None = None, prompt_mode: str | None = None,
+                          keep_components: int = 2, with_evidence: bool = True) -> tuple[np.ndarray, dict | None]:
+        """The mask and its quality evidence (``quality.evidence``; None without ``with_evidence``)."""
+        low, _, found = self.passes(image, box, prompt_mode, with_evidence)
+        mask = imaging.resize(low, *image.shape) >= 0
         if keep_components:
             mask = imaging.keep_largest(mask, keep_components)
-        return imaging.fill_holes(mask).astype(np.uint8)
+        return imaging.fill_holes(mask).astype(np.uint8), found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prompt", choices=PROMPT_MODES)
     parser.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"))
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--threshold", type=float, help="predicted Dice under which a mask is marked review "
+                        "(default: the calibration's own)")
     args = parser.parse_args(argv)
     from ..data.cxr_io import CXRInputError, read_cxr
     from ..data.input_screen import check_image
@@ -125,22 +133,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         segmenter = OnnxSegmenter(args.model, threads=args.threads)
+        scorer, unavailable = load_quality_model(args.model)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
-    failures = []
+    if scorer is None:
+        print(f"quality score off: {unavailable}", flush=True)
+    failures, rows = [], []
     for i, path in enumerate(args.inputs, start=1):
         start = time.perf_counter()
         try:
             image, _ = read_cxr(path)
             check_image(image, path)
-            mask = segmenter.mask(image, args.box, args.prompt)
+            mask, found = segmenter.mask_and_evidence(image, args.box, args.prompt, with_evidence=scorer is not None)
             written = write_mask_like(mask, path, Path(args.output) / default_mask_name(path))
         except (CXRInputError, ValueError) as exc:
             failures.append(str(exc))
+            rows.append({"file": str(path), "status": "error", "error": str(exc)})
             print(f"skipped: {exc}", flush=True)
             continue
-        print(f"[{i}/{len(args.inputs)}] {written} ({time.perf_counter() - start:.2f} s)", flush=True)
+        seconds = time.perf_counter() - start
+        row = {"file": str(path), "status": "ok", "seconds": round(seconds, 4), "mask": str(written)}
+        note = ""
+        if scorer is not None and found is not None:
+            assessment = scorer.assess(found, args.threshold)
+            write_report(written, assessment)
+            row.update(predicted_dice=assessment["predicted_dice"], review=assessment["review"])
+            note = f", predicted Dice {assessment['predicted_dice']:.3f}{' REVIEW' if assessment['review'] else ''}"
+        rows.append(row)
+        print(f"[{i}/{len(args.inputs)}] {written} ({seconds:.2f} s{note})", flush=True)
+    write_summary(Path(args.output) / "summary.csv", rows)
     if len(args.inputs) == 1 and failures:
         print(f"error: {failures[0]}", file=sys.stderr, flush=True)
         return 1

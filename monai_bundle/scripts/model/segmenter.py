@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.boxes import whole_image_box
 from ..deploy.imaging import refined_box
+from ..deploy.quality import prompt_passes
 from ..quantization.fake_quant import activation_groups
 from .sam import SamArch, build_sam, resolve_arch
 
@@ -70,6 +72,10 @@ class SamSegmenter(nn.Module):
         self.prompt_mode = prompt_mode
         self.refine_margin = float(refine_margin)
         self.low_res_output = bool(low_res_output)
+        # Set by the quality handler: each forward then also keeps the quality evidence of every image
+        # (``scripts.deploy.quality``), one list entry per image, in ``last_evidence``.
+        self.record_evidence = False
+        self.last_evidence: list[dict] = []
 
     @property
     def image_size(self) -> int:
@@ -89,17 +95,19 @@ class SamSegmenter(nn.Module):
             images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         return (images * 255.0 - self.sam.pixel_mean) / self.sam.pixel_std
 
-    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Low-resolution logits (B, 1, S/4, S/4) for one box per image, boxes in SAM input pixels.
+    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, return_iou: bool = False
+               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Low-resolution logits (B, 1, S/4, S/4) for one box per image, boxes in SAM input pixels (and, with
+        ``return_iou``, SAM's IoU predictions, B x 1).
 
         Why a loop: segment-anything's MaskDecoder repeats the image embedding once per prompt, which
         assumes one image per call; one call per image keeps its code untouched.
         """
         dense_pe = self.sam.prompt_encoder.get_dense_pe()
-        masks = []
+        masks, ious = [], []
         for i in range(embeddings.shape[0]):
             sparse, dense = self.sam.prompt_encoder(points=None, boxes=boxes[i : i + 1], masks=None)
-            low_res, _ = self.sam.mask_decoder(
+            low_res, iou = self.sam.mask_decoder(
                 image_embeddings=embeddings[i : i + 1],
                 image_pe=dense_pe,
                 sparse_prompt_embeddings=sparse,
@@ -107,7 +115,25 @@ class SamSegmenter(nn.Module):
                 multimask_output=False,
             )
             masks.append(low_res)
-        return torch.cat(masks, dim=0)
+            ious.append(iou)
+        return (torch.cat(masks, dim=0), torch.cat(ious, dim=0)) if return_iou else torch.cat(masks, dim=0)
+
+    def _passes_with_evidence(self, embeddings: torch.Tensor, sam_boxes: torch.Tensor, height: int, width: int
+                              ) -> torch.Tensor:
+        """The prompt steps image by image through ``quality.prompt_passes`` (the torch-free predictor's code),
+        keeping each image's quality evidence in ``self.last_evidence``."""
+        finals, self.last_evidence = [], []
+        for i in range(embeddings.shape[0]):
+            def decode(box: np.ndarray, i: int = i) -> tuple[np.ndarray, float]:
+                low, iou = self.decode(embeddings[i : i + 1], torch.from_numpy(box).reshape(1, 4).to(embeddings.device),
+                                       return_iou=True)
+                return low[0, 0].float().cpu().numpy(), float(iou.reshape(-1)[0])
+
+            final, _, found = prompt_passes(decode, sam_boxes[i].cpu().numpy(), self.image_size, (height, width),
+                                            self.refine_margin, self.prompt_mode == "two_pass", with_evidence=True)
+            finals.append(torch.from_numpy(final))
+            self.last_evidence.append(found)
+        return torch.stack(finals)[:, None].to(embeddings.device)
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``B x 1 x H x W`` (or at SAM's low resolution); ``boxes`` are ``B x 4`` xyxy input pixels."""
@@ -122,8 +148,11 @@ class SamSegmenter(nn.Module):
         sam_boxes = boxes * to_sam
         with activation_groups(batch):  # stage 2's activation ranges per image, as the INT8 runtimes see them
             embeddings = self.sam.image_encoder(self.preprocess(images))
-        low_res = self.decode(embeddings, sam_boxes)
-        if self.prompt_mode == "two_pass" and not self.training:
+        if self.record_evidence and not self.training:
+            low_res = self._passes_with_evidence(embeddings, sam_boxes, height, width)
+        else:
+            low_res = self.decode(embeddings, sam_boxes)
+        if self.prompt_mode == "two_pass" and not self.training and not self.record_evidence:
             low_size = low_res.shape[-1]
             margin = self.refine_margin * low_size / max(height, width)
             refined = refine_boxes(low_res, margin, sam_boxes * low_size / size)

@@ -96,6 +96,7 @@ class OnnxSegmenterModule(nn.Module):
         super().__init__()
         self.segmenter, self.arch, self.prompt_mode, self.low_res_output = segmenter, arch, prompt_mode, low_res_output
         self.refine_margin = segmenter.refine_margin
+        self.record_evidence, self.last_evidence = False, []  # as SamSegmenter's (the quality handler sets it)
 
     @property
     def image_size(self) -> int:
@@ -104,10 +105,11 @@ class OnnxSegmenterModule(nn.Module):
     def forward(self, images: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         if images.shape[1] != 1:
             raise ValueError(f"the onnx runtime takes single-channel images (as the bundle's loader gives), got {images.shape[1]}")
-        out = []
+        out, self.last_evidence = [], []
         for i, image in enumerate(images[:, 0].detach().float().cpu().numpy()):
             box = None if boxes is None else boxes[i].detach().cpu().numpy()
-            low, _ = self.segmenter.low_res_logits(image, box, self.prompt_mode)
+            low, _, found = self.segmenter.passes(image, box, self.prompt_mode, with_evidence=self.record_evidence)
+            self.last_evidence.append(found)
             out.append(low if self.low_res_output else imaging.resize(low, *image.shape))
         return torch.from_numpy(np.stack(out))[:, None].to(images.device)
 
