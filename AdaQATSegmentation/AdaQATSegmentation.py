@@ -13,7 +13,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 
 from AdaQATSegmentationLib import bundle_paths, bundle_process, dependencies, downloads, quality, sample_data
-from AdaQATSegmentationLib.logic import AdaQATSegmentationLogic, SegmentationRequest
+from AdaQATSegmentationLib.logic import AdaQATSegmentationLogic, RunDiscarded, SegmentationRequest, node_in_scene
 from AdaQATSegmentationLib.volume_io import VolumeInputError
 
 SETTINGS_BUNDLE = "AdaQATSegmentation/BundleFolder"
@@ -38,7 +38,9 @@ class AdaQATSegmentation(ScriptedLoadableModule):
             "Segments the lung fields of a chest X-ray (PNG, JPEG or DICOM CR/DX loaded as a single-slice volume) "
             "with the AdaQAT compact Segment Anything model (AdaLoRA + INT8), running the AdaQAT MONAI bundle in a "
             "separate process. The bundled model runs without PyTorch (its ONNX form in onnxruntime, installed on the "
-            "first Apply after asking); a model file of your own runs through PyTorch. After each run the module shows "
+            "first Apply after asking); a model file of your own runs through PyTorch. Cancel stops a run; Apply "
+            "during a run cancels it and starts again; deleting the input volume or closing the scene cancels it "
+            "(nothing is written). After each run the module shows "
             "the mask's quality score: a predicted Dice from the model's quality calibration (no reference mask needed). "
             "Under the threshold (0.90 by default; Advanced > Review below predicted Dice) the mask is marked "
             "'Review' in red: check it before using it. The score is kept on the segmentation node as the attributes "
@@ -71,6 +73,7 @@ class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
         self.logic: AdaQATSegmentationModuleLogic | None = None
         self._handle = None
         self._timer = None
+        self._scene_observers: list[tuple[object, int]] = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -92,20 +95,63 @@ class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self._update)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._update)
         self.ui.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._update)
+        self._observe_scene(slicer.mrmlScene)
         self._update()
 
     def cleanup(self) -> None:
-        if self._handle is not None:
-            self.logic.cancel(self._handle)
+        self._abort(None)
+        self._remove_scene_observers()
         if self._timer is not None:
             self._timer.stop()
+
+    # --- the scene changing under a run: its result must never land on a node that is gone ---------------------
+
+    def _observe_scene(self, scene) -> None:
+        """Watch the scene for a run: closing it cancels the run, removing the run's input volume too."""
+        self._remove_scene_observers()
+        self._scene_observers = [(scene, scene.AddObserver(scene.StartCloseEvent, self._on_scene_start_close)),
+                                 (scene, scene.AddObserver(scene.NodeRemovedEvent, self._on_node_removed))]
+
+    def _remove_scene_observers(self) -> None:
+        for scene, tag in self._scene_observers:
+            scene.RemoveObserver(tag)
+        self._scene_observers = []
+
+    def _on_scene_start_close(self, _scene, _event) -> None:
+        if getattr(self, "_handle", None) is not None:  # getattr: the scene may outlive the widget at exit
+            self._abort("Scene closed: segmentation cancelled, nothing was written")
+
+    def _on_node_removed(self, scene, _event) -> None:
+        handle = getattr(self, "_handle", None)
+        if handle is not None and not node_in_scene(scene, handle.request.volume_node):
+            self._abort(f"Input volume '{handle.request.volume_node.GetName()}' was removed: "
+                        "segmentation cancelled, nothing was written")
+
+    def _abort(self, reason: str | None) -> None:
+        """Stop the current run and throw its result away (the child killed and reaped, its files deleted, no node
+        touched); ``reason`` goes to the log and the status bar. Called from scene events: never raises."""
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        try:
+            if self._timer is not None:
+                self._timer.stop()
+            self.logic.discard(handle)
+            self.ui.progressBar.value = 0
+            if reason:
+                self._log(reason)
+                slicer.util.showStatusMessage(reason, 10000)
+            self._update()
+        except Exception as exc:  # noqa: BLE001  an observer callback must not raise into the scene
+            print(f"AdaQAT: stopping the run failed: {exc}")
 
     def _update(self, *_args) -> None:
         running = self._handle is not None
         self.ui.modelFilePathLineEdit.enabled = MODEL_KEYS[self.ui.modelComboBox.currentIndex] == "file"
         self.ui.refineBoxCheckBox.enabled = self.ui.roiSelector.currentNode() is not None
         self.ui.promptComboBox.enabled = self.ui.roiSelector.currentNode() is None
-        self.ui.applyButton.enabled = not running and self.ui.inputVolumeSelector.currentNode() is not None
+        # Apply stays enabled during a run: pressing it cancels the run and starts a new one
+        self.ui.applyButton.enabled = self.ui.inputVolumeSelector.currentNode() is not None
         self.ui.cancelButton.enabled = running
 
     def _log(self, text: str) -> None:
@@ -122,8 +168,13 @@ class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
             prompt=prompt, device=device, quality_threshold=self.ui.qualityThresholdSpinBox.value or None)
 
     def onApply(self, *_args, request: SegmentationRequest | None = None) -> None:
-        """Install what is missing (after asking), then start the run; errors go to a dialog."""
+        """Install what is missing (after asking), then start the run; errors go to a dialog. A run still going is
+        cancelled first (its result discarded): only the newest Apply's result lands."""
+        replaced = self._handle is not None
+        self._abort(None)
         self.ui.logTextEdit.clear()
+        if replaced:
+            self._log("the previous run was cancelled and replaced by this one")
         self._show_quality(None)
         qt.QSettings().setValue(SETTINGS_BUNDLE, self.ui.bundlePathLineEdit.currentPath)
         qt.QSettings().setValue(SETTINGS_THRESHOLD, self.ui.qualityThresholdSpinBox.value)
@@ -153,6 +204,9 @@ class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
 
     def _poll(self) -> None:
         handle = self._handle
+        if handle is None:  # aborted (scene closed, input removed) between two ticks
+            self._timer.stop()
+            return
         for line in handle.process.poll():
             self._log(line)
         self.ui.progressBar.value = int(100 * handle.process.progress)
@@ -162,6 +216,10 @@ class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
         self._handle = None
         try:
             node = self.logic.finish(handle)
+        except RunDiscarded as exc:  # the input left the scene just as the run ended
+            self._log(str(exc))
+            slicer.util.showStatusMessage(str(exc), 10000)
+            self.ui.progressBar.value = 0
         except bundle_process.BundleCancelled:
             self._log("cancelled")
             self.ui.progressBar.value = 0
@@ -175,6 +233,10 @@ class AdaQATSegmentationWidget(ScriptedLoadableModuleWidget):
             slicer.util.errorDisplay(str(exc), detailedText=exc.log)
         except (bundle_process.BundleRunError, ValueError, OSError) as exc:
             slicer.util.errorDisplay(f"Segmentation failed: {exc}", detailedText=getattr(exc, "log", "") or "")
+        except Exception as exc:  # noqa: BLE001  a timer callback: show it rather than leave a traceback
+            import traceback
+
+            slicer.util.errorDisplay(f"Segmentation failed: {exc}", detailedText=traceback.format_exc())
         else:
             self.ui.progressBar.value = 100
             self._log(f"done: segmentation '{node.GetName()}'")
@@ -242,7 +304,10 @@ class AdaQATSegmentationModuleLogic(ScriptedLoadableModuleLogic):
         return self._logic().finish(handle)
 
     def cancel(self, handle) -> None:
-        handle.process.cancel()
+        self._logic().cancel(handle)
+
+    def discard(self, handle) -> None:
+        self._logic().discard(handle)
 
     def run(self, request: SegmentationRequest, timeout_s: float | None = None):
         return self._logic().run(request, timeout_s)

@@ -182,6 +182,7 @@ def cmd_infer(args: argparse.Namespace) -> None:
     if args.runtime:
         overrides["runtime"] = args.runtime
     overrides["output_format"] = None if args.output_format == "auto" else args.output_format
+    overrides.update({"recursive": bool(args.recursive), "resume": bool(args.resume)})
     overrides.update(_parse_sets(args.set or []))
     _module("bundle_runner").run_bundle(["inference"], overrides, workflow_type="infer")
     print(f"masks written to {Path(args.output).resolve()}")
@@ -349,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-format", choices=["auto", "dicom_seg", "dicom", "nifti", "nrrd", "png"], default="auto",
                    help="auto (default): each input's own format; for a DICOM input a DICOM Segmentation <stem>_seg.dcm "
                         "referencing the source (dicom_seg); dicom: a DICOM image mask <stem>_mask.dcm instead")
+    p.add_argument("--recursive", action="store_true", help="a folder's whole tree; masks mirror it under OUTDIR")
+    p.add_argument("--resume", action="store_true",
+                   help="skip inputs an earlier (killed) run into OUTDIR finished: mask and quality report both written")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_infer)
 

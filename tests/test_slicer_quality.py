@@ -163,14 +163,18 @@ def test_model_without_calibration_says_why_and_still_segments(module, shipped_m
 
 def test_report_reading_never_fails(tmp_path):
     mask = tmp_path / "x_mask.nrrd"
-    assert quality.report_path(mask) == tmp_path / "x_mask.quality.json"
-    assert quality.report_path(tmp_path / "x_mask.nii.gz") == tmp_path / "x_mask.quality.json"
+    report = tmp_path / "x_mask.quality.json"
+    assert quality.report_path(mask) is None
     missing = quality.read_report(mask, ["loading", "quality score off: no calibration here"])
     assert not missing.available and missing.text() == "No quality score (no calibration here)"
     assert "wrote no quality report" in quality.read_report(mask).reason
-    quality.report_path(mask).write_text("{not json")
+    report.write_text('{"mask": "x_mask.nrrd", "predicted_dice": "high", "threshold": 0.9}')
     assert quality.read_report(mask).reason.startswith("unreadable quality report x_mask.quality.json")
-    quality.report_path(mask).write_text('{"predicted_dice": 0.41, "review": true, "threshold": 0.9}')
+    report.write_text('{"mask": "x_mask.nrrd", "predicted_dice": null, "unavailable": "no calibration for it"}')
+    assert quality.read_report(mask).reason == "no calibration for it"
+    (tmp_path / "other.quality.json").write_text('{"mask": "other_mask.nrrd", "predicted_dice": 0.99, "threshold": 0.9}')
+    report.write_text('{"mask": "x_mask.nrrd", "predicted_dice": 0.41, "review": true, "threshold": 0.9}')
+    assert quality.report_path(mask) == report  # the one naming this mask, not its neighbour
     result = quality.read_report(mask)
     assert result == quality.QualityResult(0.41, True, 0.9)
     assert result.text() == "Review: predicted Dice 0.41 < 0.90 \u2014 check this mask before using it"

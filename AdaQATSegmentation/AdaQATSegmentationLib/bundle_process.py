@@ -183,11 +183,11 @@ class BundleProcess:
         return self._process is not None and self._process.poll() is None
 
     def cancel(self, grace_s: float = 5.0) -> None:
-        """Stop the whole process tree: SIGTERM to the group, SIGKILL after ``grace_s`` (Windows: taskkill /T)."""
+        """Stop the whole process tree and reap the child: SIGTERM to the group, SIGKILL after ``grace_s``
+        (Windows: taskkill /T). On return the child is no longer running (no zombie, no orphan)."""
         self._cancelled = True
-        if not self.running():
+        if self._process is None or self._process.poll() is not None:
             return
-        assert self._process is not None
         pid = self._process.pid
         if os.name == "nt":
             subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True, check=False)
@@ -195,12 +195,26 @@ class BundleProcess:
             return
         try:
             os.killpg(pid, signal.SIGTERM)
-            self._process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(pid, signal.SIGKILL)
-            self._process.wait()
         except ProcessLookupError:
             pass
+        # wait for the leader to exit without reaping it: while it is a zombie its pid (= the group's id) cannot be
+        # reused, so the SIGKILL below reaches only this run's group (workers that outlived a SIGTERM-ed leader too)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and not self._exited_unreaped(pid):
+            time.sleep(0.02)
+        if self._process.returncode is None:  # not reaped elsewhere: the group id is still ours
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self._process.wait()
+
+    def _exited_unreaped(self, pid: int) -> bool:
+        try:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # already reaped
+            return True
+        return info is not None and info.si_pid == pid
 
     def finish(self) -> None:
         """After the process ended: collect the remaining output, raise a typed error if it failed."""

@@ -49,6 +49,16 @@ class RunHandle:
     quality: quality.QualityResult | None = None  # set by ``finish``: the mask's predicted Dice or why there is none
 
 
+class RunDiscarded(bundle_process.BundleCancelled):
+    """The run's input volume left the scene (deleted, scene closed) before its result could be stored: the result
+    was thrown away and no node was touched."""
+
+
+def node_in_scene(scene: Any, node: Any) -> bool:
+    """Whether ``node`` is still a node of ``scene`` (False once deleted or after the scene was closed)."""
+    return node is not None and scene is not None and node.GetScene() is not None and bool(scene.IsNodePresent(node))
+
+
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "cxr"
 
@@ -108,6 +118,10 @@ class AdaQATSegmentationLogic:
             except bundle_process.BundleRunError as exc:  # name the volume, not our temporary file
                 exc.args = (str(exc).replace(str(handle.image), f"volume '{handle.request.volume_node.GetName()}'"),)
                 raise
+            volume = handle.request.volume_node
+            if not node_in_scene(self.scene, volume):  # deleted or scene closed during the run: write nothing
+                raise RunDiscarded(f"volume '{volume.GetName()}' was removed from the scene during the run; "
+                                   "its segmentation was discarded", "\n".join(handle.process.lines))
             masks = sorted(handle.output_dir.glob("*_mask.nrrd"))
             if len(masks) != 1:
                 raise bundle_process.BundleRunError(
@@ -124,8 +138,18 @@ class AdaQATSegmentationLogic:
             shutil.rmtree(handle.workdir, ignore_errors=True)
 
     def cancel(self, handle: RunHandle) -> None:
-        """Stop the run (its whole process group); ``finish`` then raises BundleCancelled."""
+        """Stop the run: SIGTERM to its whole process group, SIGKILL after a grace time, the child reaped; ``finish``
+        then raises BundleCancelled (even if the child had just ended: its result is not used)."""
         handle.process.cancel()
+
+    def discard(self, handle: RunHandle) -> None:
+        """Cancel the run (as ``cancel``) and delete its files without touching any node: for a run whose result
+        must not land (input deleted, scene closed, Apply again)."""
+        try:
+            handle.process.cancel()
+            handle.process.poll()
+        finally:
+            shutil.rmtree(handle.workdir, ignore_errors=True)
 
     def run(self, request: SegmentationRequest, timeout_s: float | None = None) -> Any:
         """Blocking Apply for scripts and tests: start, wait, finish."""

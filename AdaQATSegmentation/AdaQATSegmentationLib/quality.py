@@ -48,15 +48,20 @@ class QualityResult:
         return f"Quality: predicted Dice {self.predicted_dice:.2f} (\u2265 {self.threshold:.2f}, no review needed)"
 
 
-def report_path(mask_path: str | Path) -> Path:
-    """``x_mask.nrrd`` -> ``x_mask.quality.json`` (as the bundle's ``scripts.deploy.quality.report_path``)."""
+def report_path(mask_path: str | Path) -> Path | None:
+    """The report beside ``mask_path``: the ``*.quality.json`` in its folder that names it (its ``"mask"`` field).
+
+    Found by content, not by re-deriving the engine's naming rule, so the rule lives in one place
+    (``scripts.data.mask_write.quality_report_path``); the module's runs write one mask per folder anyway.
+    """
     path = Path(mask_path)
-    name = path.name
-    for suffix in (".nii.gz", path.suffix):
-        if suffix and name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return path.with_name(name + REPORT_SUFFIX)
+    for candidate in sorted(path.parent.glob("*" + REPORT_SUFFIX)):
+        try:
+            if json.loads(candidate.read_text()).get("mask") == path.name:
+                return candidate
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
 
 
 def reason_from_log(lines: Sequence[str]) -> str:
@@ -71,10 +76,12 @@ def reason_from_log(lines: Sequence[str]) -> str:
 def read_report(mask_path: str | Path, log_lines: Sequence[str] = ()) -> QualityResult:
     """The quality report beside ``mask_path``; never raises: a missing or unreadable one gives the reason."""
     path = report_path(mask_path)
-    if not path.is_file():
+    if path is None:
         return QualityResult(reason=reason_from_log(log_lines) or "the engine wrote no quality report for this mask")
     try:
         report = json.loads(path.read_text())
+        if report.get("predicted_dice") is None and report.get("unavailable"):
+            return QualityResult(reason=str(report["unavailable"]))
         predicted = float(report["predicted_dice"])
         threshold = float(report["threshold"])
         review = report.get("review")

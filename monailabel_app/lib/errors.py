@@ -10,12 +10,18 @@ from __future__ import annotations
 from fastapi import HTTPException
 
 # Exception class names of the engine (scripts.data.cxr_io.CXRInputError) matched by name: the bundle's
-# ``scripts`` modules are reloaded per request by MONAI Label, so class identity is not stable.
-INPUT_ERRORS = ("CXRInputError",)
+# ``scripts`` modules are reloaded per request by MONAI Label, so class identity is not stable. PIL's
+# DecompressionBombError (an Exception, not an OSError) is what the engine's PIL fallback raises for a PNG/JPEG
+# declaring billions of pixels; InputTooLarge is this app's own screen of the declared size (lib/infer.py).
+INPUT_ERRORS = ("CXRInputError", "InputTooLarge", "DecompressionBombError")
 
 
 class BadRequestParameter(ValueError):
     """A request parameter out of range (e.g. ``quality_threshold``): answered 400 with the message."""
+
+
+class InputTooLarge(ValueError):
+    """An image whose header declares more pixels than the engine accepts: answered 422 before any pixel is decoded."""
 
 
 def unknown_model(model: str | None, available: list[str]) -> HTTPException:
@@ -56,4 +62,4 @@ def input_error(exc: BaseException, upload: str | None = None) -> HTTPException 
 
 
 
-__all__ = ["BadRequestParameter", "bad_extension", "input_error", "unknown_image", "unknown_model"]
+__all__ = ["BadRequestParameter", "InputTooLarge", "bad_extension", "input_error", "unknown_image", "unknown_model"]

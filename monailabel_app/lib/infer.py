@@ -26,7 +26,7 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.utils.others.class_utils import unload_module
 
-from .errors import BadRequestParameter
+from .errors import BadRequestParameter, InputTooLarge
 from .writer import write_label
 
 # post-processing steps of inference.json the server replaces (it writes results itself)
@@ -46,6 +46,47 @@ def quality_threshold(value: Any) -> float | None:
     if not 0.0 <= threshold <= 1.0:
         raise BadRequestParameter(f"quality_threshold {value!r} is not a Dice between 0 and 1")
     return threshold
+
+
+def declared_size(path: str) -> tuple[int, ...] | None:
+    """The size an image file's header declares (x, y[, z...]), read without decoding any pixel; None when the
+    header cannot be read (the engine's reader then says what is wrong with the file)."""
+    from scripts.data.cxr_io import detect_format
+
+    try:
+        if detect_format(path) == "dicom":
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return int(ds.Columns), int(ds.Rows), int(ds.get("NumberOfFrames", 1) or 1)
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        reader.ReadImageInformation()
+        return tuple(int(n) for n in reader.GetSize())
+    except Exception:  # noqa: BLE001 - not this screen's business: the reader reports a bad file with its own message
+        return None
+
+
+def screen_size(path: Any) -> None:
+    """Refuse an image declaring more pixels (all slices counted) than the engine accepts, before it is decoded.
+
+    Why: the engine's ``MAX_PIXELS`` check runs on a decoded image, and the server path never calls it; a 200 KB PNG
+    of 15000 x 15000 zeros decodes to ~4 GB of float copies (measured 3.8 GB peak for the read alone), and a
+    gzipped NIfTI volume of zeros to any size, so one small upload could exhaust the server's memory.
+    """
+    if not isinstance(path, str) or not os.path.isfile(path):
+        return
+    size = declared_size(path)
+    if not size:
+        return
+    from scripts.data.input_screen import MAX_PIXELS
+
+    pixels = math.prod(size)
+    if pixels > MAX_PIXELS:
+        raise InputTooLarge(f"{path}: image is {' x '.join(map(str, size))} px ({pixels:,} pixels), over the limit of "
+                            f"{MAX_PIXELS:,} pixels")
 
 
 def labels_from_metadata(metadata: dict[str, Any]) -> dict[str, int]:
@@ -78,6 +119,10 @@ class AdaQATInferTask(BundleInferTask):
             self.description = description
         # one model per task: the bundle-wide model picker would let a request swap FP32 and INT8
         self._config.pop("model_filename", None)
+
+    def __call__(self, request: dict[str, Any], callbacks: Any = None) -> Any:
+        screen_size(request.get("image"))  # before any decoding (see screen_size)
+        return super().__call__(request, callbacks)
 
     def is_valid(self) -> bool:
         return self.valid and all(os.path.isfile(p) for p in self.path)
@@ -140,4 +185,4 @@ class AdaQATInferTask(BundleInferTask):
         return path, params
 
 
-__all__ = ["AdaQATInferTask", "labels_from_metadata", "quality_threshold"]
+__all__ = ["AdaQATInferTask", "declared_size", "screen_size", "labels_from_metadata", "quality_threshold"]

@@ -9,6 +9,7 @@ listed here once. Bad input raises :class:`CXRInputError` naming the file, never
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ _FORMAT_BY_SUFFIX = {
 }
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, the weights PIL's "L" conversion uses
 _PERCENTILES = (0.5, 99.5)
+MAX_PIXELS = 200_000_000  # a 14k x 14k image; beyond that the float copies alone exceed several GB
 
 
 class CXRInputError(ValueError):
@@ -102,6 +104,28 @@ def check_file(path: Path) -> None:
         raise CXRInputError(f"{path}: file is empty (0 bytes)")
 
 
+def _reason(exc: BaseException) -> str:
+    """One line saying what a library error was (a MemoryError has no message of its own)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return "; ".join(lines)[:300] if lines else type(exc).__name__
+
+
+def _check_declared_size(path: Path, size: tuple[int, ...]) -> None:
+    """Refuse, from the header alone (x, y[, z...] as declared), a volume or an image over ``MAX_PIXELS`` before any
+    pixel buffer is allocated: a lying or hostile header (100,000 x 100,000 in a 20 kB file) must not make the
+    reader try to allocate it."""
+    spatial = [int(n) for n in size]
+    if any(n < 0 for n in spatial):
+        raise CXRInputError(f"{path}: header declares a negative image size {tuple(spatial)}")
+    if len([n for n in spatial if n > 1]) > 2:
+        slices = int(np.prod(spatial[2:], dtype=object))
+        raise CXRInputError(f"{path}: 3-D volume with {slices} slices; a 2-D radiograph is expected")
+    pixels = int(np.prod(spatial, dtype=object))
+    if pixels > MAX_PIXELS:
+        raise CXRInputError(f"{path}: header declares a {' x '.join(map(str, spatial))} px image ({pixels:,} pixels), "
+                            f"over the limit of {MAX_PIXELS:,} pixels; not read")
+
+
 def _bit_depth(dtype: np.dtype) -> int | None:
     return dtype.itemsize * 8 if np.issubdtype(dtype, np.integer) else None
 
@@ -132,17 +156,21 @@ def _check_nifti_data(path: Path) -> None:
 
     try:
         data = np.asanyarray(nib.load(str(path)).dataobj)
-    except Exception as exc:  # nibabel raises OSError, EOFError, zlib.error, HeaderDataError, ...
-        raise CXRInputError(f"{path}: damaged or truncated NIfTI file ({str(exc).splitlines()[0]})") from exc
+    except Exception as exc:  # nibabel raises OSError, EOFError, zlib.error, HeaderDataError, MemoryError ...
+        raise CXRInputError(f"{path}: damaged or truncated NIfTI file ({_reason(exc)})") from exc
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise CXRInputError(f"{path}: image contains NaN or infinite values")
 
 
 def _read_sitk(path: Path, fmt: str) -> tuple[np.ndarray, dict[str, Any]]:
-    if fmt == "nifti":
-        _check_nifti_data(path)
     try:
-        img = sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()  # the header only: its size is checked before any pixel is read
+        _check_declared_size(path, reader.GetSize())
+        if fmt == "nifti":
+            _check_nifti_data(path)
+        img = reader.Execute()
     except RuntimeError as exc:
         if fmt == "png":  # e.g. grey+alpha PNGs, which ITK's PNG reader rejects
             return _read_pil(path)
@@ -161,15 +189,20 @@ def _read_pil(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # lazy: the header only
+            _check_declared_size(path, im.size)
             im.load()
             if im.mode in ("P", "PA"):
                 im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
             elif im.mode == "CMYK":
                 im = im.convert("RGB")
             arr = np.asarray(im)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise CXRInputError(f"{path}: cannot read image ({exc})") from exc
+    except CXRInputError:
+        raise
+    except Image.DecompressionBombError as exc:  # raised by Image.open itself, from the header's size
+        raise CXRInputError(f"{path}: image too large to read ({exc})") from exc
+    except (OSError, ValueError, SyntaxError, MemoryError) as exc:
+        raise CXRInputError(f"{path}: cannot read image ({_reason(exc)})") from exc
     n_channels = arr.shape[2] if arr.ndim == 3 else 1
     return arr, {"squeezed_3d": False, "components": n_channels}
 
@@ -183,30 +216,45 @@ def _read_dicom(path: Path, rescale: bool) -> tuple[np.ndarray, dict[str, Any]]:
         from pydicom.pixel_data_handlers.util import apply_modality_lut
 
     try:
-        ds = pydicom.dcmread(path)
+        # from memory, not the file: a lying element length (4 GB) makes a file object's read() allocate that
+        # much up front, where a BytesIO returns what is there and pydicom reports the short value
+        ds = pydicom.dcmread(io.BytesIO(path.read_bytes()))
     except Exception as exc:  # pydicom raises many types (InvalidDicomError, EOFError, struct.error, ...)
-        raise CXRInputError(f"{path}: cannot read DICOM file ({exc})") from exc
+        raise CXRInputError(f"{path}: cannot read DICOM file ({_reason(exc)})") from exc
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise CXRInputError(f"{path}: DICOM file has no pixel data (not an image)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        rows, cols, n_channels = int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1))
+    except Exception as exc:  # a missing or non-numeric Rows/Columns/NumberOfFrames/SamplesPerPixel
+        raise CXRInputError(f"{path}: invalid DICOM image header ({_reason(exc)})") from exc
     if frames > 1:
         raise CXRInputError(f"{path}: 3-D volume with {frames} slices; a 2-D radiograph is expected")
+    _check_declared_size(path, (cols, rows))
     try:
         raw = ds.pixel_array
+        arr = apply_modality_lut(raw, ds) if rescale and n_channels == 1 else raw
     except Exception as exc:  # truncated pixel data, missing decoder plugin, bad header, ...
-        raise CXRInputError(f"{path}: cannot decode DICOM pixel data ({exc})") from exc
-    n_channels = int(ds.get("SamplesPerPixel", 1))
-    arr = apply_modality_lut(raw, ds) if rescale and n_channels == 1 else raw
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    header = {
-        "squeezed_3d": False,
-        "components": n_channels,
-        "dtype": str(raw.dtype),
-        "bit_depth": int(ds.get("BitsStored", _bit_depth(raw.dtype) or 0)) or None,
-        "photometric": photometric,
-        "modality": str(ds.get("Modality", "")),
-    }
+        raise CXRInputError(f"{path}: cannot decode DICOM pixel data ({_reason(exc)})") from exc
+    try:  # pydicom decodes each element when first used: a damaged one (an unknown VR) raises here
+        header = {
+            "squeezed_3d": False,
+            "components": n_channels,
+            "dtype": str(raw.dtype),
+            "bit_depth": _dicom_bits(ds, raw.dtype),
+            "photometric": str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+            "modality": str(ds.get("Modality", "")),
+        }
+    except Exception as exc:
+        raise CXRInputError(f"{path}: invalid DICOM header ({_reason(exc)})") from exc
     return arr, header
+
+
+def _dicom_bits(ds: Any, dtype: np.dtype) -> int | None:
+    try:
+        return int(ds.get("BitsStored", _bit_depth(dtype) or 0)) or None
+    except (TypeError, ValueError):  # a non-numeric BitsStored that the decoder did not need
+        return _bit_depth(dtype)
 
 
 def first_line(exc: BaseException) -> str:
@@ -319,7 +367,12 @@ def _palette_indices(path: Path) -> np.ndarray | None:
         with Image.open(path) as im:
             if im.mode != "P":
                 return None
+            _check_declared_size(path, im.size)
             im.load()
             return np.asarray(im)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise CXRInputError(f"{path}: cannot read mask image ({exc})") from exc
+    except CXRInputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise CXRInputError(f"{path}: image too large to read ({exc})") from exc
+    except (OSError, ValueError, SyntaxError, MemoryError) as exc:
+        raise CXRInputError(f"{path}: cannot read mask image ({_reason(exc)})") from exc

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .archive import MANIFEST_SUFFIXES, read_manifest, tree_datalist
 from .cxr_io import CXRInputError, is_supported, stem
 
 SPLITS = ("train", "val", "test")
@@ -198,8 +199,10 @@ def select_split(
 
 
 def inference_datalist(inputs: str | os.PathLike | Sequence[str | os.PathLike],
-                       box: Sequence[float] | None = None) -> list[dict[str, Any]]:
-    """``{"image": path}`` items for files and folders (a folder contributes its supported images, sorted).
+                       box: Sequence[float] | None = None, recursive: bool = False) -> list[dict[str, Any]]:
+    """``{"image": path}`` items for files, folders and manifests (a folder contributes its supported images,
+    sorted; with ``recursive`` its whole tree, masks then mirroring it: ``archive.tree_datalist``; a ``.csv``/
+    ``.txt``/``.lst`` file that is not an image lists images: ``archive.read_manifest``).
 
     ``box`` (x0, y0, x1, y1 in pixels of each image) is attached to every item as the user's prompt.
 
@@ -210,7 +213,11 @@ def inference_datalist(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     items: list[dict[str, str]] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
+        if path.is_dir() and recursive:
+            items += tree_datalist(path)
+        elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES and not is_supported(path):
+            items += read_manifest(path)
+        elif path.is_dir():
             found = _image_files(path)
             if not found:
                 raise CXRInputError(f"{path}: folder contains no supported images")

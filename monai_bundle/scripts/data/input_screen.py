@@ -19,12 +19,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..atomic import atomic_write_text
-from .cxr_io import CXRInputError, read_cxr, read_mask
+from .cxr_io import MAX_PIXELS, CXRInputError, read_cxr, read_mask
 
 logger = logging.getLogger("adaqat.inputs")
 
 MIN_SIDE = 32  # px; SAM upsamples anything smaller to 256 and would segment interpolation, not anatomy
-MAX_PIXELS = 200_000_000  # a 14k x 14k image; beyond that the float copies alone exceed several GB
+# MAX_PIXELS (cxr_io's): the readers refuse a larger declared size from the header, before decoding
 
 
 class InputFailuresError(CXRInputError):
@@ -63,11 +63,12 @@ def failures_path(report_dir: str | os.PathLike, name: str) -> Path:
 
 def screen_datalist(datalist: Sequence[Mapping[str, Any]], report_dir: str | os.PathLike | None = None,
                     name: str = "inputs", image_key: str = "image", mask_key: str | None = "label",
-                    require_mask: bool = False) -> list[dict[str, Any]]:
+                    require_mask: bool = False, allow_all_failed: bool = False) -> list[dict[str, Any]]:
     """The items that can be used; the others are logged and listed in ``failures_<name>.json``.
 
-    All items failing is an error at once (nothing would be processed). ``require_mask`` makes a
-    missing mask a failure (training and evaluation need one).
+    All items failing is an error at once (nothing would be processed), unless ``allow_all_failed`` (one worker's
+    shard of a larger run, whose other workers must not be stopped by it). ``require_mask`` makes a missing mask a
+    failure (training and evaluation need one).
     """
     good: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
@@ -88,7 +89,7 @@ def screen_datalist(datalist: Sequence[Mapping[str, Any]], report_dir: str | os.
     if failures:
         logger.warning("%d of %d %s skipped (%s)", len(failures), len(datalist), name,
                        failures_path(report_dir, name) if report_dir is not None else "not saved")
-    if datalist and not good:
+    if datalist and not good and not allow_all_failed:
         raise InputFailuresError(_summary(f"none of the {len(datalist)} {name} can be used", failures))
     return good
 
@@ -100,17 +101,22 @@ def _summary(headline: str, failures: Sequence[Mapping[str, str]], limit: int = 
     return "\n".join([headline + ":"] + lines)
 
 
-def raise_if_failed(report_dir: str | os.PathLike, name: str = "inputs") -> None:
-    """After the good items are done: a non-zero exit that lists the skipped files, if there were any."""
-    path = failures_path(report_dir, name)
-    if not path.is_file():
-        return
-    report = json.loads(path.read_text())
-    if report["failures"]:
-        n_bad, n_all = len(report["failures"]), report["n_inputs"]
+def raise_if_failed(report_dir: str | os.PathLike, name: str = "inputs", parts: Sequence[str] | None = None) -> None:
+    """After the good items are done: a non-zero exit that lists the skipped files, if there were any.
+
+    ``parts``: report names to gather instead of ``name`` alone (the workers of one run, ``scripts.data.archive``).
+    """
+    failures, total, paths = [], 0, [failures_path(report_dir, part) for part in (parts or [name])]
+    for path in paths:
+        if path.is_file():
+            report = json.loads(path.read_text())
+            failures += report["failures"]
+            total += int(report["n_inputs"])
+    if failures:
+        where = str(paths[0]) if len(paths) == 1 else f"{paths[0]} and {len(paths) - 1} other worker part(s)"
         raise InputFailuresError(_summary(
-            f"{n_bad} of {n_all} {name} failed and were skipped; the other {n_all - n_bad} were processed "
-            f"(list in {path})", report["failures"]))
+            f"{len(failures)} of {total} {name} failed and were skipped; the other {total - len(failures)} were processed "
+            f"(list in {where})", failures))
 
 
 __all__ = ["InputFailuresError", "MIN_SIDE", "MAX_PIXELS", "check_image", "check_mask", "check_item",

@@ -56,6 +56,17 @@ def default_mask_name(reference_path: str | os.PathLike, output_format: str | No
     return f"{stem(reference_path)}{_NAME_TAG.get(fmt, '_mask')}{ref_suffix if keep else _SUFFIX[fmt]}"
 
 
+def quality_report_path(mask_path: str | os.PathLike) -> Path:
+    """The quality report written beside a mask (``scripts.deploy.quality``): ``x_mask.png`` -> ``x_mask.quality.json``."""
+    path = Path(mask_path)
+    name = path.name
+    for ending in (".nii.gz", path.suffix):
+        if ending and name.endswith(ending):
+            name = name[: -len(ending)]
+            break
+    return path.with_name(name + ".quality.json")
+
+
 def check_output_format(datalist: list[dict], output_format: str | None, key: str = "image") -> list[dict]:
     """Refuse a run whose inputs cannot be written as ``output_format`` (e.g. ``dicom_seg`` for a PNG) before any
     model is loaded: one ValueError line naming the first such file (and how many there are); else the datalist."""
@@ -212,5 +223,5 @@ def _write_dicom(mask: np.ndarray, ref: Path, out: Path) -> None:
         ds.save_as(tmp, enforce_file_format=True)
 
 
-__all__ = ["MASK_SERIES_DESCRIPTION", "OUTPUT_FORMATS", "check_output_format", "default_mask_name", "mask_format",
+__all__ = ["MASK_SERIES_DESCRIPTION", "OUTPUT_FORMATS", "check_output_format", "default_mask_name", "mask_format", "quality_report_path",
            "write_mask_like"]

@@ -18,6 +18,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 
+from .archive import SUBDIR_KEY
 from .boxes import box_from_mask, whole_image_box
 from .cxr_io import read_cxr, read_mask
 from .mask_write import OUTPUT_FORMATS, default_mask_name, write_mask_like
@@ -196,7 +197,8 @@ class SaveCXRMaskd(MapTransform):
     Why not MONAI's ``SaveImaged``: it writes NIfTI/PNG from the tensor's affine, while a CXR mask must
     come back in the input's own container (DICOM, NRRD, PNG...) and geometry, read from the source file.
     ``output_format`` (``mask_write.OUTPUT_FORMATS``, e.g. ``dicom_seg``) asks for another container; None or
-    ``"auto"`` keeps the input's own. The written path is stored in ``data["pred_path"]``.
+    ``"auto"`` keeps the input's own. An item's ``subdir`` (``archive.tree_datalist``) puts its mask in that
+    folder under ``output_dir``, mirroring the input tree. The written path is stored in ``data["pred_path"]``.
     """
 
     def __init__(self, keys: KeysCollection = "pred", output_dir: str = "./predictions", ref_key: str = "image",
@@ -214,7 +216,7 @@ class SaveCXRMaskd(MapTransform):
         for key in self.key_iterator(d):
             mask = d[key]
             mask = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-            out = self.output_dir / default_mask_name(source, self.output_format)
+            out = self.output_dir / str(d.get(SUBDIR_KEY) or "") / default_mask_name(source, self.output_format)
             d[f"{key}_path"] = str(write_mask_like((mask.reshape(mask.shape[-2:]) > 0).astype(np.uint8), source, out,
                                                    output_format=self.output_format))
         return d

@@ -157,9 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = ""
         if scorer is not None and found is not None:
             assessment = scorer.assess(found, args.threshold)
-            write_report(written, assessment)
             row.update(predicted_dice=assessment["predicted_dice"], review=assessment["review"])
             note = f", predicted Dice {assessment['predicted_dice']:.3f}{' REVIEW' if assessment['review'] else ''}"
+        else:
+            assessment = {"predicted_dice": None, "review": None, "unavailable": unavailable}
+        write_report(written, {"source": str(path), "seconds": round(seconds, 4), **assessment})
         rows.append(row)
         print(f"[{i}/{len(args.inputs)}] {written} ({seconds:.2f} s{note})", flush=True)
     write_summary(Path(args.output) / "summary.csv", rows)

@@ -38,6 +38,7 @@ import numpy as np
 
 from .imaging import label_components, refined_box
 from ..atomic import atomic_write_text
+from ..data.mask_write import quality_report_path as report_path
 from .onnx_files import file_sha256
 
 FEATURES = ("iou_first", "iou_final", "agree_first", "agree_jitter", "min_jitter", "uncertain", "confidence",
@@ -208,17 +209,6 @@ def load_quality_model(model_path: str | os.PathLike) -> tuple[QualityModel | No
     if expected and expected != file_sha256(model_path):
         return None, f"{path.name} was fitted for another model file (sha256 differs); run adaqat calibrate-quality again"
     return model, ""
-
-
-def report_path(mask_path: str | os.PathLike) -> Path:
-    """The JSON written beside each mask: ``x_mask.png`` -> ``x_mask.quality.json``."""
-    path = Path(mask_path)
-    name = path.name
-    for suffix in (".nii.gz", path.suffix):
-        if suffix and name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return path.with_name(name + CALIBRATION_SUFFIX)
 
 
 # The run summary's columns: one row per input, refused ones included (status "error" and the reason).

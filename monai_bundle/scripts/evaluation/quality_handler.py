@@ -10,16 +10,18 @@ review (inputs refused by the input screen appear with status ``error`` and the 
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from monai.data import decollate_batch
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from ..data.archive import finished_rows, rank_and_world
 from ..data.input_screen import failures_path
 from ..deploy.quality import SUMMARY_COLUMNS, QualityModel, load_quality_model, write_report, write_summary
 from .metrics_handler import _meta_filename, image_id
@@ -44,11 +46,14 @@ class QualityScoreWriter:
 
     def __init__(self, network: Any, model_path: str | os.PathLike, output_dir: str | os.PathLike,
                  name: str = "summary", threshold: float | None = None, screen_name: str | None = "inputs",
-                 metrics_writer: Any = None) -> None:
+                 metrics_writer: Any = None, finished: Sequence[Mapping[str, Any]] = (),
+                 output_format: str | None = None, merge_timeout_s: float = 600.0) -> None:
         self.network, self.output_dir, self.name = network, Path(output_dir), name
         self.threshold = threshold
         self.screen_name = screen_name
         self.metrics_writer = metrics_writer
+        self.finished, self.output_format = list(finished), output_format
+        self.merge_timeout_s = float(merge_timeout_s)
         self.model: QualityModel | None
         self.model, self.unavailable = (load_quality_model(model_path) if hasattr(network, "record_evidence")
                                         else (None, "this network gives no quality evidence (not a SAM segmenter)"))
@@ -59,7 +64,13 @@ class QualityScoreWriter:
 
     @property
     def csv_path(self) -> Path:
-        return self.output_dir / f"{self.name}.csv"
+        """This worker's summary: ``<name>.csv`` alone; a part ``<name>.rank<r>of<w>[.<run id>].csv`` under torchrun,
+        merged into ``<name>.csv`` by rank 0."""
+        rank, world = rank_and_world()
+        if world == 1:
+            return self.output_dir / f"{self.name}.csv"
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+        return self.output_dir / f"{self.name}.rank{rank}of{world}{'.' + run_id if run_id else ''}.csv"
 
     def attach(self, engine: Engine) -> None:
         if self.model is not None:
@@ -85,9 +96,11 @@ class QualityScoreWriter:
             found = evidence[i] if i < len(evidence) else None
             assessment = self.model.assess(found, self.threshold) if (self.model is not None and found) else None
             mask = item.get("pred_path")
-            if mask and assessment is not None:
-                write_report(mask, assessment)
-            self.rows.append({"id": image_id(item, len(self.rows)), "file": _meta_filename(item.get("image")) or "",
+            source = _meta_filename(item.get("image")) or ""
+            if mask:  # written last: a mask with its report is a finished input (scripts.data.archive)
+                write_report(mask, {"source": source, "seconds": round(seconds, 4),
+                                    **(assessment or {"predicted_dice": None, "review": None, "unavailable": self.unavailable})})
+            self.rows.append({"id": image_id(item, len(self.rows)), "file": source,
                               "status": "ok", "error": "", "seconds": round(seconds, 4), "mask": mask or "",
                               "predicted_dice": "" if assessment is None else assessment["predicted_dice"],
                               "review": "" if assessment is None else assessment["review"]})
@@ -102,9 +115,11 @@ class QualityScoreWriter:
         return [{"id": "", "file": f.get("path", ""), "status": "error", "error": f.get("problem", ""), "seconds": "",
                  "mask": "", "predicted_dice": "", "review": ""} for f in report.get("failures", [])]
 
-    def completed(self, engine: Engine) -> None:
+    def completed(self, engine: Engine | None = None) -> None:
+        """Write this worker's summary (rows of this run, of inputs an earlier run finished, of refused inputs);
+        under several workers, rank 0 then merges every worker's part into ``<name>.csv``."""
         columns = list(SUMMARY_COLUMNS)
-        rows = self.rows + self._refused_rows()
+        rows = self.rows + finished_rows(self.finished, self.output_dir, self.output_format) + self._refused_rows()
         if self.metrics_writer is not None:
             real = {r["id"]: r.get("dice") for r in getattr(self.metrics_writer, "rows", [])}
             columns = ["id", *columns, "real_dice"]
@@ -112,7 +127,29 @@ class QualityScoreWriter:
         write_summary(self.csv_path, rows, columns)
         flagged = sum(1 for r in self.rows if r["review"] is True)
         note = f"{flagged} of {len(self.rows)} masks marked review" if self.model is not None else self.unavailable
-        logger.info("summary: %s (%s)", self.csv_path, note)
+        logger.info("summary: %s (%s; %d resumed)", self.csv_path, note, len(self.finished))
+        rank, world = rank_and_world()
+        if world > 1 and rank == 0:
+            self._merge(columns, world)
+
+    def _merge(self, columns: list[str], world: int) -> None:
+        """Rank 0: wait for every worker's part of this run, then write ``<name>.csv`` with all rows."""
+        parts = [Path(str(self.csv_path).replace(f".rank0of{world}", f".rank{r}of{world}")) for r in range(world)]
+        deadline = time.monotonic() + self.merge_timeout_s
+        while not all(p.is_file() for p in parts) and time.monotonic() < deadline:
+            time.sleep(1.0)
+        missing = [p.name for p in parts if not p.is_file()]
+        if missing:
+            logger.warning("summary: parts %s missing after %.0f s; merging the others", ", ".join(missing), self.merge_timeout_s)
+        rows = []
+        for part in parts:
+            if part.is_file():
+                with part.open(newline="") as handle:
+                    rows += list(csv.DictReader(handle))
+        merged = write_summary(self.output_dir / f"{self.name}.csv", rows, columns)
+        for part in parts:
+            part.unlink(missing_ok=True)
+        logger.info("summary of %d workers: %s (%d rows)", world, merged, len(rows))
 
 
 __all__ = ["QualityScoreWriter"]
