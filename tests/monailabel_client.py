@@ -102,3 +102,14 @@ class MonaiLabelClient:
                 pass
             time.sleep(1.0)
         raise TimeoutError(f"MONAI Label server at {self.base} not ready after {timeout} s")
+
+
+def listening_addresses(port: int) -> list[str]:
+    """Local addresses (kernel hex) of the sockets listening on ``port``, from /proc/net/tcp{,6} (state 0A)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                found.append(local.rsplit(":", 1)[0])
+    return found

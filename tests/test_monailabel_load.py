@@ -1,4 +1,4 @@
-"""The MONAI Label server under load (issue 16, item 2): /infer requests (120 by default, the issue's 300 with
+"""The MONAI Label server under load (issue 16, item 2): /infer requests (60 by default, the issue's 300 with
 ``ADAQAT_LOAD_REQUESTS=300``, see N_REQUESTS) from 4 concurrent clients on loopback,
 mixing valid PNG, DICOM and NIfTI uploads of real JSRT images with corrupt, oversize, 3-D and wrong-type uploads,
 and one /train (1 epoch, 1 QAT epoch) submitted while inference goes on.
@@ -37,18 +37,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from monailabel_client import MonaiLabelClient
+from monailabel_client import MonaiLabelClient, listening_addresses
 
 REPO = Path(__file__).resolve().parents[1]
 ML_PYTHON = REPO / ".venv-monailabel" / "bin" / "python"
 REPORT_FILE = REPO / "runs" / "tests" / "monailabel_load.json"  # beside monailabel_latencies.json
 # 300 requests (the issue's figure) took longer than the suite can afford on 2 shared cores: 108 in the 480 s
 # deadline with /train running beside them (valid p50 19.8 s client-side, the server answers one request at a time);
-# the default is 120, ADAQAT_LOAD_REQUESTS=300 runs the full load.
-N_REQUESTS = int(os.environ.get("ADAQAT_LOAD_REQUESTS", "120"))
+# the default is 60 (the suite's time budget; 120 passed in 8 min 46 s), ADAQAT_LOAD_REQUESTS=300 runs the full load.
+N_REQUESTS = int(os.environ.get("ADAQAT_LOAD_REQUESTS", "60"))
 N_CLIENTS, N_WARMUP = 4, 20
 VALID_SHARE = 0.62  # of the requests after warm-up; the rest are invalid uploads, all kinds in turn
-LOOP_DEADLINE_S = 480.0  # the request loop stops by itself after this, and the test fails saying so
+LOOP_DEADLINE_S = 600.0  # the request loop stops by itself after this, and the test fails saying so
 TRAIN_WAIT_S = 900.0  # from its submission, how long /train may take (572 s measured on a busy 2-core machine)
 N_IMAGES = 6  # distinct JSRT test images, each uploaded as PNG, DICOM and NIfTI
 N_STUDIES, N_LABELLED = 5, 4  # the datastore /train learns from (as in test_monailabel_server.py)
@@ -83,17 +83,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _listening_addresses(port: int) -> list[str]:
-    """Local addresses (kernel hex) of the sockets listening on ``port``, from /proc/net/tcp{,6} (state 0A)."""
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                found.append(local.rsplit(":", 1)[0])
-    return found
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -246,7 +235,7 @@ def test_server_under_load(load_server, load_studies, tmp_path):
 
     client, bundle, pid, port, log_path = load_server
     started_test, wall_started = time.perf_counter(), time.time()
-    assert _listening_addresses(port) and set(_listening_addresses(port)) == {"0100007F"}, _listening_addresses(port)
+    assert listening_addresses(port) and set(listening_addresses(port)) == {"0100007F"}, listening_addresses(port)
     server = psutil.Process(pid)
     assert "monailabel.main" in " ".join(server.cmdline()), server.cmdline()  # the script exec'd into the server
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from monailabel_client import MonaiLabelClient, Reply
+from monailabel_client import MonaiLabelClient, Reply, listening_addresses
 
 REPO = Path(__file__).resolve().parents[1]
 ML_PYTHON = REPO / ".venv-monailabel" / "bin" / "python"
@@ -114,13 +114,7 @@ def server(shipped_models, studies, tmp_path_factory):
 def test_server_binds_loopback_only(server):
     client, _ = server
     port = int(client.base.rsplit(":", 1)[1])
-    # the kernel's own table of listening sockets (state 0A), as ss reads it: local address as hex ip:port
-    listening = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                listening.append(local.rsplit(":", 1)[0])
+    listening = listening_addresses(port)  # the kernel's own table of listening sockets, as ss reads it
     assert listening and set(listening) == {"0100007F"}, listening  # 127.0.0.1 only, no IPv6 or 0.0.0.0
 
 
