@@ -7,6 +7,7 @@ zoo package, say); its ``models/`` folder holds the served ``model.pt`` and ``mo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -81,17 +82,28 @@ class AdaQATApp(MONAILabelApp):
         if isinstance(image, str):
             if os.path.isfile(image) and self._served_file(image):
                 upload = image  # an upload (a server temp file named with the client's suffix) or a session's image
-                if self.suffix(image) not in self.image_suffixes:
-                    raise bad_extension(self.suffix(image) or "(none)", self.image_suffixes)
             elif image not in (datastore or self.datastore()).list_images():
                 raise unknown_image(image)
         try:
+            if upload and self.suffix(upload) not in self.image_suffixes:
+                raise bad_extension(self.suffix(upload) or "(none)", self.image_suffixes)
             return super().infer(request, datastore)
         except Exception as exc:
+            # MONAI Label deletes an upload only after a successful answer: a refused one would stay in the temp
+            # folder, and any client could fill the disk with them (found by tests/test_monailabel_load.py).
+            if upload and self._is_temp_upload(upload):
+                with contextlib.suppress(OSError):
+                    os.remove(upload)
             mapped = input_error(exc, upload)
             if mapped is None:
                 raise
             raise mapped from exc
+
+    @staticmethod
+    def _is_temp_upload(path: str) -> bool:
+        """MONAI Label stores an upload as tempfile.NamedTemporaryFile(suffix=<client's suffix>): tmpXXXX<suffix>."""
+        real = os.path.realpath(path)
+        return os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and os.path.basename(real).startswith("tmp")
 
     def _served_file(self, path: str) -> bool:
         """Whether a server-side path may be read: uploads (temp folder), studies, sessions only.
@@ -99,8 +111,7 @@ class AdaQATApp(MONAILabelApp):
         MONAI Label reads any existing path given as ``image``; a client must not make it read other files.
         """
         real = os.path.realpath(path)
-        # MONAI Label stores an upload as tempfile.NamedTemporaryFile(suffix=<client's suffix>): tmpXXXX<suffix>
-        if os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and os.path.basename(real).startswith("tmp"):
+        if self._is_temp_upload(path):
             return True
         roots = [os.path.realpath(r) for r in (self.studies, getattr(self._sessions, "store_path", None)) if r]
         return any(os.path.commonpath([real, root]) == root for root in roots)

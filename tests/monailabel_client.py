@@ -6,7 +6,12 @@ core one and talk to the server only over HTTP, as Slicer does.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -14,7 +19,9 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import numpy as np
 
 
 @dataclass
@@ -113,3 +120,47 @@ def listening_addresses(port: int) -> list[str]:
             if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
                 found.append(local.rsplit(":", 1)[0])
     return found
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a test server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two masks (nonzero = lung); two empty masks score 0."""
+    a, b = a > 0, b > 0
+    return 2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))
+
+
+@contextlib.contextmanager
+def running_server(studies_dir: Path, bundle: Path, log_path: Path, timeout: float = 600.0
+                   ) -> Iterator[tuple[MonaiLabelClient, subprocess.Popen, int]]:
+    """The app (scripts/monailabel_server.sh) on a free loopback port serving ``bundle`` over ``studies_dir``, in a
+    session of its own; stopped with the whole session (bash exec'd into the server, and any training child)."""
+    import pytest
+
+    repo = Path(__file__).resolve().parents[1]
+    port = free_port()
+    with open(log_path, "w+") as log:
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+        proc = subprocess.Popen(["bash", str(repo / "scripts" / "monailabel_server.sh"), str(studies_dir),
+                                 "--port", str(port), "--conf", "bundle_path", str(bundle)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        client = MonaiLabelClient(f"http://127.0.0.1:{port}", timeout=timeout)
+        try:
+            client.wait_ready(timeout=300, alive=lambda: proc.poll() is None)
+        except Exception:
+            log.seek(0)
+            os.killpg(proc.pid, signal.SIGTERM)
+            pytest.fail(f"server did not start:\n{log.read()[-4000:]}")
+        try:
+            yield client, proc, port
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)

@@ -1,5 +1,5 @@
-"""The MONAI Label server under load (issue 16, item 2): /infer requests (60 by default, the issue's 300 with
-``ADAQAT_LOAD_REQUESTS=300``, see N_REQUESTS) from 4 concurrent clients on loopback,
+"""The MONAI Label server under load (issue 16, item 2): /infer requests (300, the issue's figure; ``ADAQAT_LOAD_REQUESTS``
+sets another, see N_REQUESTS) from 4 concurrent clients on loopback,
 mixing valid PNG, DICOM and NIfTI uploads of real JSRT images with corrupt, oversize, 3-D and wrong-type uploads,
 and one /train (1 epoch, 1 QAT epoch) submitted while inference goes on.
 
@@ -24,10 +24,7 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import struct
-import subprocess
 import tempfile
 import threading
 import time
@@ -37,15 +34,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from monailabel_client import MonaiLabelClient, listening_addresses
+from monailabel_client import listening_addresses, dice, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 ML_PYTHON = REPO / ".venv-monailabel" / "bin" / "python"
 REPORT_FILE = REPO / "runs" / "tests" / "monailabel_load.json"  # beside monailabel_latencies.json
-# 300 requests (the issue's figure) took longer than the suite can afford on 2 shared cores: 108 in the 480 s
-# deadline with /train running beside them (valid p50 19.8 s client-side, the server answers one request at a time);
-# the default is 60 (the suite's time budget; 120 passed in 8 min 46 s), ADAQAT_LOAD_REQUESTS=300 runs the full load.
-N_REQUESTS = int(os.environ.get("ADAQAT_LOAD_REQUESTS", "60"))
+# 300 requests (the issue's figure): 4 min 6 s for the whole test on 2 idle cores (loop 222 s of the 600 s
+# deadline); on cores shared with other jobs 120 took 8 min 46 s, so the deadline fails a starved machine loudly.
+N_REQUESTS = int(os.environ.get("ADAQAT_LOAD_REQUESTS", "300"))
 N_CLIENTS, N_WARMUP = 4, 20
 VALID_SHARE = 0.62  # of the requests after warm-up; the rest are invalid uploads, all kinds in turn
 LOOP_DEADLINE_S = 600.0  # the request loop stops by itself after this, and the test fails saying so
@@ -77,17 +73,6 @@ pytestmark = [
                        reason="MONAI Label environment missing: run `bash scripts/setup_monailabel_env.sh` "
                        "(CI does, in .ci/run, and sets ADAQAT_REQUIRE_MONAILABEL so that a missing one fails)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return 2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))
 
 
 def _png(width: int, height: int, rows: int | None = None) -> bytes:
@@ -124,27 +109,9 @@ def load_server(shipped_models, load_studies, tmp_path_factory):
     """The app serving a copy of the bundle as it ships; yields (client, bundle folder, server PID, port)."""
     bundle = tmp_path_factory.mktemp("ml_load_bundle") / "adaqat_cxr_lung"
     shutil.copytree(REPO / "monai_bundle", bundle, ignore=shutil.ignore_patterns("runs", "__pycache__", "eval", "predictions"))
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("ml_load_log") / "server.log"
-    log = open(log_path, "w+")
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    proc = subprocess.Popen(["bash", str(REPO / "scripts" / "monailabel_server.sh"), str(load_studies["dir"]),
-                             "--port", str(port), "--conf", "bundle_path", str(bundle)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    client = MonaiLabelClient(f"http://127.0.0.1:{port}", timeout=120)
-    try:
-        client.wait_ready(timeout=300, alive=lambda: proc.poll() is None)
-    except Exception:
-        log.seek(0)
-        os.killpg(proc.pid, signal.SIGTERM)
-        pytest.fail(f"server did not start:\n{log.read()[-4000:]}")
-    yield client, bundle, proc.pid, port, log_path
-    os.killpg(proc.pid, signal.SIGTERM)  # the session we started: bash exec'd into the server, and any training child
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+    with running_server(load_studies["dir"], bundle, log_path, timeout=120) as (client, proc, port):
+        yield client, bundle, proc.pid, port, log_path
 
 
 def _uploads(images: list[Path], folder: Path) -> tuple[dict, dict]:
@@ -378,11 +345,13 @@ def test_server_under_load(load_server, load_studies, tmp_path):
         expected = 200 if kind.startswith("valid_") else INVALID[kind][0]
         if r["status"] != expected:
             failures.append(f"isolated {kind}: expected {expected}, got {r['status']}")
-    # uploads the server left behind: MONAI Label deletes an upload in a background task of a successful response
-    # only, so every refused upload stays in its temp folder (reported, not asserted: the fix is in main.py)
+    # uploads the server left behind: MONAI Label deletes an upload only after a successful response; the app
+    # deletes a refused one (main.py), so none may stay in the temp folder
     sizes = {len(data) for _, data in invalid.values()}
     left = [f for f in Path(tempfile.gettempdir()).glob("tmp*") if f.is_file() and f.stat().st_mtime >= wall_started
             and f.stat().st_size in sizes and any(f.name.endswith(Path(n).suffix) for n, _ in invalid.values())]
+    if left:
+        failures.append(f"{len(left)} refused uploads left in {tempfile.gettempdir()}")
     done = sum(r is not None for r in results)
     growth = (rss_end - rss_warm) / rss_warm
     all_latencies = [s for cls in ("valid", "invalid") for s in latencies.get(cls, [])]

@@ -10,16 +10,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from monailabel_client import MonaiLabelClient, Reply, listening_addresses
+from monailabel_client import Reply, listening_addresses, dice, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 ML_PYTHON = REPO / ".venv-monailabel" / "bin" / "python"
@@ -42,17 +40,6 @@ def _record(name: str, reply: Reply) -> Reply:
     entry = {"client_s": round(reply.seconds, 3), "status": reply.status}
     _latencies.setdefault(name, []).append(entry)
     return reply
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return 2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))
 
 
 def _read_result(reply: Reply, suffix: str = ".nrrd") -> sitk.Image:
@@ -85,28 +72,10 @@ def server(shipped_models, studies, tmp_path_factory):
     """The app serving a copy of the bundle as it ships (its own models, no training); yields (client, bundle folder)."""
     bundle = tmp_path_factory.mktemp("ml_bundle") / "adaqat_cxr_lung"
     shutil.copytree(REPO / "monai_bundle", bundle, ignore=shutil.ignore_patterns("runs", "__pycache__", "eval", "predictions"))
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("ml_log") / "server.log", "w+")
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    proc = subprocess.Popen(["bash", str(REPO / "scripts" / "monailabel_server.sh"), str(studies["dir"]),
-                             "--port", str(port), "--conf", "bundle_path", str(bundle)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    client = MonaiLabelClient(f"http://127.0.0.1:{port}")
     started = time.perf_counter()
-    try:
-        client.wait_ready(timeout=300, alive=lambda: proc.poll() is None)
-    except Exception:
-        log.seek(0)
-        os.killpg(proc.pid, signal.SIGTERM)
-        pytest.fail(f"server did not start:\n{log.read()[-4000:]}")
-    _latencies["server_start_s"] = [{"client_s": round(time.perf_counter() - started, 1)}]
-    yield client, bundle
-    os.killpg(proc.pid, signal.SIGTERM)  # the session we started: bash, the server and any training child
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+    with running_server(studies["dir"], bundle, tmp_path_factory.mktemp("ml_log") / "server.log") as (client, _, _):
+        _latencies["server_start_s"] = [{"client_s": round(time.perf_counter() - started, 1)}]
+        yield client, bundle
     LATENCY_FILE.parent.mkdir(parents=True, exist_ok=True)
     LATENCY_FILE.write_text(json.dumps(_latencies, indent=2))
 
@@ -240,6 +209,7 @@ def test_infer_reports_server_latencies(server, studies):
 def test_bad_requests_get_4xx_and_server_stays_healthy(server, studies, tmp_path, case, status, words):
     client, _ = server
     study = studies["unlabelled"].stem
+    uploads_before = {f for f in Path(tempfile.gettempdir()).glob("tmp*") if f.is_file()}
     if case == "unknown_model":
         reply = client.infer("no_such_model", image=study)
     elif case == "unknown_study":
@@ -264,6 +234,9 @@ def test_bad_requests_get_4xx_and_server_stays_healthy(server, studies, tmp_path
     assert words in detail
     if case != "server_path":  # that answer echoes the path the client itself sent (under /tmp in CI's checkout)
         assert "/tmp/" not in detail  # no server temp paths leak to the client
+    # a refused upload does not stay in the server's temp folder (any client could fill the disk with them)
+    left = {f for f in Path(tempfile.gettempdir()).glob("tmp*") if f.is_file()} - uploads_before
+    assert not [f.name for f in left if f.name.endswith((".png", ".nii.gz", ".txt"))]
     assert client.info().status == 200
     assert client.infer("adaqat_int8", image=study, params=SLICER_PARAMS).status == 200
 
