@@ -39,10 +39,6 @@ CANDIDATES = {
 }
 
 
-def _identity(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    return image, mask
-
-
 def _noise(image, mask, rng):
     return np.clip(image + rng.normal(0, rng.uniform(0.12, 0.3), image.shape), 0, 1), mask
 
@@ -95,6 +91,13 @@ def _zoom_out(image, mask, rng):
 
 DEGRADATIONS: dict[str, Callable] = {"noise": _noise, "blur": _blur, "invert": _invert, "rotate": _rotate, "crop": _crop,
                                      "occlude": _occlude, "flat": _flat, "zoom_out": _zoom_out}
+
+
+def degrade(name: str, image: np.ndarray, reference: np.ndarray, kind: str, rng: np.random.Generator
+            ) -> tuple[str, np.ndarray, np.ndarray]:
+    """``(name:kind, image after the degradation kind, its reference moved with it)``, grey levels kept in [0, 1]."""
+    degraded, mask = DEGRADATIONS[kind](image.astype(np.float32), reference, rng)
+    return f"{name}:{kind}", np.clip(degraded, 0, 1).astype(np.float32), mask
 
 
 def synthetic_non_chest(count: int, size: int = 256, seed: int = 0) -> list[np.ndarray]:
@@ -170,8 +173,7 @@ def calibration_samples(network: torch.nn.Module, items: Sequence[dict[str, Any]
         stem = Path(item["image"]).stem
         images.append((stem, image, reference))
         for name in rng.choice(names, size=min(degraded_per_image, len(names)), replace=False):
-            degraded, mask = DEGRADATIONS[str(name)](image.astype(np.float32), reference, rng)
-            images.append((f"{stem}:{name}", np.clip(degraded, 0, 1).astype(np.float32), mask))
+            images.append(degrade(stem, image, reference, str(name), rng))
     samples = score_images(network, images, "calibration")
     negatives = [(f"synthetic_{i}", image, None) for i, image in enumerate(synthetic_non_chest(non_chest, seed=seed))]
     return samples + score_images(network, negatives, "calibration_non_chest")
@@ -206,10 +208,10 @@ def ranking(predicted: Sequence[float], real: Sequence[float], fail_below: float
     failures = real < fail_below
     rho = stats.spearmanr(predicted, real).statistic if len(set(real.tolist())) > 1 and len(set(predicted.tolist())) > 1 else float("nan")
     auroc = float("nan")
-    if 0 < failures.sum() < len(real):
-        # AUROC = Mann-Whitney U / (n_fail * n_ok), with a failure "positive" when its predicted Dice is lower
-        u = stats.mannwhitneyu(-predicted[failures], -predicted[~failures], alternative="two-sided").statistic
-        auroc = float(u / (failures.sum() * (~failures).sum()))
+    if 0 < failures.sum() < len(real):  # a failure is "positive" when its predicted Dice is lower
+        from sklearn.metrics import roc_auc_score
+
+        auroc = float(roc_auc_score(failures, -predicted))
     return {"n": int(len(real)), "failures": int(failures.sum()), "spearman": float(rho), "auroc": auroc}
 
 
@@ -341,5 +343,5 @@ def plot_evaluation(csv_path: Path, threshold: float | None = None) -> Path | No
 
 
 __all__ = ["CANDIDATES", "calibration_plot", "plot_evaluation", "DEGRADATIONS", "FAIL_BELOW", "Sample", "calibrate", "calibrate_file", "calibration_samples", "choose_candidate",
-           "cross_validated", "fit_quality_model", "ranking", "rca_score", "score_images", "segment_with_evidence",
+           "cross_validated", "degrade", "fit_quality_model", "ranking", "rca_score", "score_images", "segment_with_evidence",
            "synthetic_non_chest"]

@@ -60,12 +60,8 @@ def _gray(array: np.ndarray) -> np.ndarray:
 def degrade_each(images: list, seed: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Each image after one degradation drawn at random (``adaqat.quality.DEGRADATIONS``), reference moved with it."""
     rng = np.random.default_rng(seed)
-    out = []
-    for name, image, reference in images:
-        kind = str(rng.choice(list(quality.DEGRADATIONS)))
-        d_image, d_mask = quality.DEGRADATIONS[kind](image.astype(np.float32), reference, rng)
-        out.append((f"{name}:{kind}", np.clip(d_image, 0, 1).astype(np.float32), d_mask))
-    return out
+    return [quality.degrade(name, image, reference, str(rng.choice(list(quality.DEGRADATIONS))), rng)
+            for name, image, reference in images]
 
 
 def non_chest_images(seed: int = 7) -> list[tuple[str, np.ndarray, None]]:

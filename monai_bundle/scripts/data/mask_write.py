@@ -30,6 +30,7 @@ _FORMAT_OF_SUFFIX = {".png": "png", ".nii": "nifti", ".nii.gz": "nifti", ".nrrd"
 # the DICOM image mask ``<stem>_mask.dcm`` of the same input.
 _NAME_TAG = {"dicom_seg": "_seg"}
 MASK_SERIES_DESCRIPTION = "AdaQAT lung mask"
+QUALITY_REPORT_SUFFIX = ".quality.json"  # a mask's quality report, and a model's calibration (scripts.deploy.quality)
 
 
 def mask_format(reference_path: str | os.PathLike, output_format: str | None = None) -> str:
@@ -64,7 +65,7 @@ def quality_report_path(mask_path: str | os.PathLike) -> Path:
         if ending and name.endswith(ending):
             name = name[: -len(ending)]
             break
-    return path.with_name(name + ".quality.json")
+    return path.with_name(name + QUALITY_REPORT_SUFFIX)
 
 
 def check_output_format(datalist: list[dict], output_format: str | None, key: str = "image") -> list[dict]:
@@ -223,5 +224,5 @@ def _write_dicom(mask: np.ndarray, ref: Path, out: Path) -> None:
         ds.save_as(tmp, enforce_file_format=True)
 
 
-__all__ = ["MASK_SERIES_DESCRIPTION", "OUTPUT_FORMATS", "check_output_format", "default_mask_name", "mask_format", "quality_report_path",
+__all__ = ["MASK_SERIES_DESCRIPTION", "OUTPUT_FORMATS", "check_output_format", "default_mask_name", "mask_format", "QUALITY_REPORT_SUFFIX", "quality_report_path",
            "write_mask_like"]

@@ -38,6 +38,7 @@ import numpy as np
 
 from .imaging import label_components, refined_box
 from ..atomic import atomic_write_text
+from ..data.mask_write import QUALITY_REPORT_SUFFIX as CALIBRATION_SUFFIX
 from ..data.mask_write import quality_report_path as report_path
 from .onnx_files import file_sha256
 
@@ -48,7 +49,6 @@ JITTER = 0.08
 _JITTER_STEPS = ((-1, -1, 1, 1), (1, 1, -1, -1), (-1, -1, -1, -1), (1, 1, 1, 1))
 MIN_COMPONENT = 0.005  # of the image: smaller pieces are specks, not lungs
 DEFAULT_THRESHOLD = 0.90
-CALIBRATION_SUFFIX = ".quality.json"
 
 
 def jittered_boxes(box: np.ndarray, size: int) -> list[np.ndarray]:
