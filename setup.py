@@ -52,7 +52,7 @@ setup(
     package_data={"adaqat_bundle": ["configs/*.json", "configs/*.conf", "docs/*", "LICENSE", "large_files.yml"]},
     install_requires=INSTALL_REQUIRES,
     # slicer-core (+ its vtk) gives real MRML nodes for testing the Slicer module's logic without Slicer.
-    extras_require={"test": ["pytest==9.2.0", "jsonschema", "slicer-core==5.13.31053.0", "vtk==9.6.2"],
+    extras_require={"test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "jsonschema", "slicer-core==5.13.31053.0", "vtk==9.6.2"],
                     # the PT2E INT8 route of `adaqat benchmark` (X86InductorQuantizer, adaqat/compiled_runtime.py);
                     # does not pull another torch
                     "bench": ["torchao==0.18.0"],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from dicom_writer import make_dicom
 from PIL import Image
-
+from process_tree import kill_tree, run_tree
 from scripts.data.archive import output_paths, read_manifest, shard, tree_datalist
 from scripts.data.datasets import inference_datalist
 
@@ -88,9 +87,18 @@ def _command(tree: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-c", wrapper, *torchrun, "-m", "adaqat.cli", "infer", str(tree), "--recursive", "-o", str(out), *extra]
 
 
-def _run(tree: Path, out: Path, *extra: str, timeout: float = 1500) -> tuple[int, int, float, str]:
+def _env() -> dict[str, str]:
+    """``OMP_NUM_THREADS`` set machine-wide, as CI and cluster profiles do: each worker must take its share of the
+    cores itself (``scripts.deploy.threads``), or 2 workers of 2 threads each run 10x slower on 2 cores."""
+    return {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count())}
+
+
+def _run(tree: Path, out: Path, *extra: str, timeout: float = 900) -> tuple[int, int, float, str]:
     start = time.perf_counter()
-    done = subprocess.run(_command(tree, out, *extra), capture_output=True, text=True, timeout=timeout)
+    try:
+        done = run_tree(_command(tree, out, *extra), timeout, env=_env())
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"adaqat infer over {tree.name} still running after {timeout:.0f} s (stopped, workers included)")
     seconds = time.perf_counter() - start
     peak = int(next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("PEAK_RSS_KB")))
     return done.returncode, peak, seconds, done.stdout + done.stderr
@@ -131,14 +139,14 @@ def test_two_thousand_files_in_two_workers_killed_and_resumed(jsrt_dir, sample_d
     assert len(_reports(tmp_path / "out_small")) == 200, log[-3000:]
 
     out = tmp_path / "out_big"
-    killed = subprocess.Popen(_command(big_tree, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    deadline = time.monotonic() + 1200
-    while len(_reports(out)) < 600 and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(2)
-    assert killed.poll() is None, "the run ended before it could be killed midway"
-    os.killpg(killed.pid, signal.SIGKILL)
-    killed.wait(timeout=60)
+    killed = subprocess.Popen(_command(big_tree, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    try:
+        deadline = time.monotonic() + 600
+        while len(_reports(out)) < 600 and killed.poll() is None and time.monotonic() < deadline:
+            time.sleep(2)
+        assert killed.poll() is None, "the run ended before it could be killed midway"
+    finally:
+        kill_tree(killed)  # the wrapper, torchrun and its workers, as a crashed node
     kill_time = time.time()
     before = {p: p.stat().st_mtime for p in _reports(out)}
     assert 600 <= len(before) < 2000

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import REPO
+from process_tree import run_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -31,8 +31,8 @@ def test_two_gloo_ranks_end_with_identical_masks_and_weights(jsrt_dir, tmp_path)
                                 "summary": str(tmp_path / "rank{rank}.pt")}))
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(REPO / "tests" / "bundle_child.py"), str(spec)],
-                            capture_output=True, text=True, timeout=600, env=env)
+    result = run_tree([torchrun, "--standalone", "--nproc_per_node", "2", str(REPO / "tests" / "bundle_child.py"), str(spec)],
+                      timeout=600, env=env)  # past the timeout, torchrun's workers are killed too
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
 
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))

@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .threads import worker_threads
+
 PARTS = ("encoder", "decoder")
 META_SOURCE = "adaqat.source_sha256"
 META_IMAGE_SIZE = "adaqat.image_size"
@@ -42,7 +44,8 @@ def candidates(model_path: str | os.PathLike, part: str, image_size: int, source
 
 
 def open_session(path: str | os.PathLike, threads: int | None = None, profile_prefix: str | None = None) -> Any:
-    """An onnxruntime CPU session with every graph optimisation, ``threads`` intra-op threads (default: all).
+    """An onnxruntime CPU session with every graph optimisation, ``threads`` intra-op threads (default: all cores,
+    or this worker's share of them under ``torchrun``: ``threads.worker_threads``).
 
     No memory arena and no memory pattern: with them, a ViT-B encoder at 1024 px kept every run's largest
     buffers and grew from 3.5 to 6.7 GB resident over three runs (measured ad hoc, issue 14); without them it stays at the one
@@ -51,6 +54,7 @@ def open_session(path: str | os.PathLike, threads: int | None = None, profile_pr
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    threads = threads or worker_threads()
     if threads:
         options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
