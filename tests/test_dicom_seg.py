@@ -185,4 +185,4 @@ def test_adaqat_infer_output_format_dicom_seg(radiograph, jsrt_dir, tmp_path, ca
     png = jsrt_dir / "images" / f"{SOURCE}.png"
     assert main(["infer", str(png), "-o", str(tmp_path / "out_png"), "--output-format", "dicom_seg"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(png) in err[0] and "DICOM SEG needs a DICOM reference image" in err[0], err
+    assert len(err) == 1 and str(png.resolve()) in err[0] and "DICOM SEG needs a DICOM reference image" in err[0], err

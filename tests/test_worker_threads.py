@@ -1,4 +1,4 @@
-"""Workers of one node share its cores (scripts/deploy/threads.py): under ``torchrun`` a machine-wide
+"""Workers of one node share its cores (scripts/deploy/threads.py, scripts/data/archive.share_cores): under ``torchrun`` a machine-wide
 ``OMP_NUM_THREADS`` would give each worker every core, torch's pool and onnxruntime's alike."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import optional_module
+from scripts.data import archive
 from scripts.deploy import threads
 
 
@@ -31,14 +32,15 @@ def test_each_worker_gets_its_share_of_the_cores(monkeypatch, local_world, cores
 
 def test_share_cores_lowers_torch_threads_and_never_raises_them(monkeypatch, restore_threads):
     monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    monkeypatch.setattr(archive, "available_cores", lambda: 8)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     torch.set_num_threads(8)
-    assert threads.share_cores() == 4 and torch.get_num_threads() == 4
+    assert archive.share_cores() == 4 and torch.get_num_threads() == 4
     torch.set_num_threads(1)  # a user's explicit 1 stays
-    assert threads.share_cores() == 4 and torch.get_num_threads() == 1
+    assert archive.share_cores() == 4 and torch.get_num_threads() == 1
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     torch.set_num_threads(3)
-    assert threads.share_cores() is None and torch.get_num_threads() == 3
+    assert archive.share_cores() is None and torch.get_num_threads() == 3
 
 
 def test_onnxruntime_sessions_take_the_workers_share(monkeypatch, tmp_path: Path):

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from monai.data import partition_dataset
 
+from ..deploy.threads import available_cores, worker_threads
 from .cxr_io import CXRInputError, is_supported
 from .mask_write import default_mask_name, quality_report_path
 
 MANIFEST_SUFFIXES = (".csv", ".txt", ".lst")
+logger = logging.getLogger(__name__)
 SUBDIR_KEY = "subdir"  # where, under the output folder, an input's mask goes (its folder relative to the tree's root)
 
 
@@ -32,6 +35,21 @@ def rank_and_world() -> tuple[int, int]:
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"RANK={rank} / WORLD_SIZE={world} is not a worker of a run")
     return rank, world
+
+
+def share_cores() -> int | None:
+    """Lower torch's intra-op threads to this worker's share of the node's cores (``deploy.threads.worker_threads``:
+    a machine-wide ``OMP_NUM_THREADS`` would give every torchrun worker all of them); the share, or ``None`` alone."""
+    share = worker_threads()
+    if share is None:
+        return None
+    import torch
+
+    if torch.get_num_threads() > share:
+        logger.info("%s workers on this node share %d cores: %d thread(s) each (was %d)",
+                    os.environ.get("LOCAL_WORLD_SIZE"), available_cores(), share, torch.get_num_threads())
+        torch.set_num_threads(share)
+    return share
 
 
 def rank_name(name: str) -> str:
@@ -164,4 +182,4 @@ def pending_datalist(items: Sequence[dict[str, Any]], output_dir: str | os.PathL
 
 
 __all__ = ["MANIFEST_SUFFIXES", "ResumableDatalist", "SUBDIR_KEY", "finished_rows", "output_paths", "pending_datalist", "raise_if_failed",
-           "rank_and_world", "rank_name", "read_manifest", "shard", "split_finished", "tree_datalist"]
+           "rank_and_world", "rank_name", "read_manifest", "shard", "share_cores", "split_finished", "tree_datalist"]

@@ -6,15 +6,13 @@ threads as there are cores, and so does onnxruntime's own pool, which spins whil
 (``tests/test_archive_infer.py`` under ``OMP_NUM_THREADS=2``): 2 workers of 2 threads each took 4-7 s per
 radiograph instead of 0.4 s. Neither torch nor onnxruntime divides the cores among the processes of one node, so
 each worker takes its share here: the cores it may run on divided by ``LOCAL_WORLD_SIZE`` (torchrun's count of
-workers on this node), never more than it already had.
+workers on this node), never more than it already had: onnxruntime sessions here (``onnx_files.open_session``),
+torch's pool in ``scripts.data.archive.share_cores``.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-
-logger = logging.getLogger(__name__)
 
 
 def available_cores() -> int:
@@ -36,18 +34,4 @@ def worker_threads() -> int | None:
     return max(1, available_cores() // local_world)
 
 
-def share_cores() -> int | None:
-    """Lower torch's intra-op threads to this worker's share (``worker_threads``); returns the share or ``None``."""
-    share = worker_threads()
-    if share is None:
-        return None
-    import torch
-
-    if torch.get_num_threads() > share:
-        logger.info("%s workers on this node share %d cores: %d thread(s) each (was %d)",
-                    os.environ.get("LOCAL_WORLD_SIZE"), available_cores(), share, torch.get_num_threads())
-        torch.set_num_threads(share)
-    return share
-
-
-__all__ = ["available_cores", "share_cores", "worker_threads"]
+__all__ = ["available_cores", "worker_threads"]
