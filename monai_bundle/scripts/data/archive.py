@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from monai.data import partition_dataset
 
-from ..deploy.threads import available_cores, worker_threads
+from ..deploy.threads import worker_threads
 from .cxr_io import CXRInputError, is_supported
 from .mask_write import default_mask_name, quality_report_path
 
@@ -46,8 +46,8 @@ def share_cores() -> int | None:
     import torch
 
     if torch.get_num_threads() > share:
-        logger.info("%s workers on this node share %d cores: %d thread(s) each (was %d)",
-                    os.environ.get("LOCAL_WORLD_SIZE"), available_cores(), share, torch.get_num_threads())
+        logger.info("%s workers on this node: %d thread(s) each (was %d)",
+                    os.environ.get("LOCAL_WORLD_SIZE"), share, torch.get_num_threads())
         torch.set_num_threads(share)
     return share
 
